@@ -8,9 +8,12 @@ cranio-caudal order, and are coded as a generic vertebra.
 Sources of the codes:
 
 * vertebra levels: DICOM PS3.16 CID 7603 "Vertebra" (SNOMED CT);
-* sacrum 54735007 and category 123037004 "Anatomical Structure": DICOM PS3.16 CID 7150 / 7151;
+* sacrum 54735007, generic vertebra 51282000 and category 91723000 "Anatomical Structure":
+  DICOM PS3.16 CID 7151 / CID 7150;
 * measurement codes: DICOM PS3.16 (DCM 112031 "Attenuation Coefficient", SCT 118565006
   "Volume") and UCUM for units.
+* SR context: CID 100 (procedure), CID 2 (anatomic modifiers), CID 230 (yes/no), CID 7162
+  (algorithm families); concepts without a standard code use the local scheme ``99SPINEIDC``.
 """
 
 from __future__ import annotations
@@ -48,9 +51,17 @@ class Level:
         return _ORDER.get(self.name, -1)
 
 
-CATEGORY_ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
-#: SNOMED CT "Vertebra" (bone structure of vertebra), for vertebrae whose level is unknown.
+#: DICOM PS3.16 CID 7150 "Segmentation Property Categories": "Anatomical Structure" is SCT
+#: 91723000 (as in ``pydicom.sr.codedict.codes.cid7150.AnatomicalStructure``).  The older
+#: 123037004 is SNOMED "Body structure", the legacy mapping of SRT T-D000A that some tools still
+#: write; CID 7150 no longer lists it.
+CATEGORY_ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+#: SCT 51282000 with the meaning "Vertebra" as listed in CID 7151 "Segmentation Property Types"
+#: (``codes.cid7151.Vertebra``; SNOMED's FSN is "Bone structure of spine"), for vertebrae whose
+#: level is unknown.
 VERTEBRA_GENERIC = Code("51282000", "SCT", "Vertebra")
+#: CID 7151 / CID 4 "Spine" (structure of vertebral column): finding site when the level is unknown.
+SPINE = Code("421060004", "SCT", "Spine")
 
 _SNOMED = {
     "C1": "14806007", "C2": "39976000", "C3": "113205007", "C4": "5329002", "C5": "36978003",
@@ -138,3 +149,45 @@ UNIT_ML = Code("ml", "UCUM", "milliliter")
 UNIT_MM = Code("mm", "UCUM", "millimeter")
 UNIT_HU = Code("[hnsf'U]", "UCUM", "Hounsfield unit")
 UNIT_RATIO = Code("1", "UCUM", "no units")
+
+# --- SEG algorithm families: DICOM PS3.16 CID 7162 "Segmentation Algorithm Families" ---------
+#: The classical segmenter (thresholding, connected components, morphology).
+ALGORITHM_FAMILY_MORPHOLOGICAL = Code("123104", "DCM", "Morphological Operations")
+#: Neural-network segmenters.
+ALGORITHM_FAMILY_AI = Code("123110", "DCM", "Artificial Intelligence")
+
+# --- SR document context -----------------------------------------------------------------
+#: TID 1500 "Procedure Reported", CID 100 "Quantitative Diagnostic Imaging Procedures": CID 100
+#: has no spine-specific CT procedure, so the generic CT one.
+PROCEDURE_CT = Code("25045-6", "LN", "CT unspecified body region")
+#: CID 2 "Anatomic Modifiers", used as topographical modifiers of a height's finding site to
+#: tell the anterior, middle and posterior body heights apart (TID 300 row "Finding Site").
+ANTERIOR = Code("255549009", "SCT", "Anterior")
+CENTRAL = Code("26216008", "SCT", "Central")
+POSTERIOR = Code("255551008", "SCT", "Posterior")
+#: CID 230 "Yes-No", values of the QC qualitative evaluations.
+YES = Code("373066001", "SCT", "Yes")
+NO = Code("373067005", "SCT", "No")
+
+# --- Local codes (PS3.16 section 8.2: private coding schemes start with "99") --------------
+# No standard code exists for these concepts; the SR declares the scheme in its Coding Scheme
+# Identification Sequence.  Code values are at most 16 characters (VR SH).
+LOCAL_SCHEME = "99SPINEIDC"
+LOCAL_SCHEME_NAME = "spine-idc local codes"
+#: Measurement method of the attenuation values: the vertebral body eroded by a fixed distance,
+#: i.e. cancellous bone without the cortical shell.
+TRABECULAR_CORE = Code("TRABCORE", LOCAL_SCHEME, "Trabecular core of vertebral body")
+#: min(anterior, middle) / posterior vertebral body height (Genant semi-quantitative grading).
+BODY_HEIGHT_RATIO = Code("HEIGHTRATIO", LOCAL_SCHEME, "Vertebral body height ratio")
+#: QC questions answered Yes/No (CID 230) per vertebra or per series.
+QC_TOUCHES_BORDER = Code("QCBORDER", LOCAL_SCHEME, "Touches image border")
+QC_LEVEL_IDENTIFIED = Code("QCLEVEL", LOCAL_SCHEME, "Vertebral level identified")
+QC_TRABECULAR_CORE = Code("QCTRABCORE", LOCAL_SCHEME, "Trabecular core large enough")
+#: Series-level QC keys accepted by ``spine_idc.dicom_sr.build_sr(qc=...)``.
+QC_CONCEPTS = {
+    "touches_border": QC_TOUCHES_BORDER,
+    "level_identified": QC_LEVEL_IDENTIFIED,
+    "trabecular_core": QC_TRABECULAR_CORE,
+    "labels_contiguous": Code("QCCONTIG", LOCAL_SCHEME, "Vertebral labels contiguous"),
+    "spine_found": Code("QCSPINE", LOCAL_SCHEME, "Spine found"),
+}

@@ -1,0 +1,182 @@
+"""``spine-idc``: one verb per workflow stage.  Logging is configured here and nowhere else.
+
+Each verb parses its arguments, calls one function of :mod:`spine_idc.stages` (or the cohort
+module), and turns a :class:`~spine_idc.errors.SpineIdcError` into a one-line message and exit
+status 1.  Bad input for a series is *not* an error here: the stage records it and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import SpineIdcError
+
+log = logging.getLogger("spine_idc")
+
+
+def _options(section: str):
+    def parse(text: str) -> dict:
+        from .config import parse_section
+
+        return parse_section(text, section)
+
+    return parse
+
+
+def _cmd_validate_config(args) -> int:
+    from .config import Config
+
+    cfg = Config.from_file(args.config)
+    print(f"{args.config}: valid (source={cfg.source})")
+    return 0
+
+
+def _cmd_phantoms(args) -> int:
+    from .stages import make_phantoms
+
+    opts = args.options
+    seeds = list(range(opts["first_seed"], opts["first_seed"] + opts["count"]))
+    make_phantoms(seeds, opts["size"], args.out)
+    return 0
+
+
+def _cmd_manifest(args) -> int:
+    from .stages import make_manifest
+
+    make_manifest(args.source, args.input_dir, args.out, args.file_lists)
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from .stages import convert
+
+    convert(args.manifest, args.series, args.options, args.out)
+    return 0
+
+
+def _cmd_segment(args) -> int:
+    from .stages import segment
+
+    segment(args.converted, args.series, args.options, args.out)
+    return 0
+
+
+def _cmd_measure(args) -> int:
+    from .stages import measure
+
+    measure(args.converted, args.segmented, args.options, args.out)
+    return 0
+
+
+def _cmd_seg(args) -> int:
+    from .stages import write_seg
+
+    write_seg(args.converted, args.segmented, args.out)
+    return 0
+
+
+def _cmd_sr(args) -> int:
+    from .stages import write_sr
+
+    write_sr(args.converted, args.measurements, args.seg, args.out)
+    return 0
+
+
+def _cmd_cohort(args) -> int:
+    from .cohort import write_cohort
+
+    n, failed = write_cohort(args.manifest, args.parquet, args.csv, args.failures, root=args.root)
+    print(f"{n} vertebrae measured; {failed} series failed (see {args.failures})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spine-idc", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"spine-idc {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("validate-config", help="check a config file against its schema")
+    s.add_argument("config", type=Path)
+    s.set_defaults(func=_cmd_validate_config)
+
+    s = sub.add_parser("phantoms", help="generate synthetic spine CT series with ground truth")
+    s.add_argument("--options", type=_options("phantom"), default=_options("phantom")("{}"))
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=_cmd_phantoms)
+
+    s = sub.add_parser("manifest", help="scan a folder for DICOM series and write the manifest")
+    s.add_argument("--source", choices=["local", "phantom"], required=True)
+    s.add_argument("--input-dir", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--file-lists", type=Path, required=True)
+    s.set_defaults(func=_cmd_manifest)
+
+    s = sub.add_parser("convert", help="one DICOM series -> HU volume (NIfTI) with checked geometry")
+    s.add_argument("--manifest", type=Path, required=True)
+    s.add_argument("--series", required=True)
+    s.add_argument("--options", type=_options("convert"), default=_options("convert")("{}"))
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=_cmd_convert)
+
+    s = sub.add_parser("segment", help="label the vertebrae of one converted series")
+    s.add_argument("--converted", type=Path, required=True)
+    s.add_argument("--series", required=True)
+    s.add_argument("--options", type=_options("segment"), default=_options("segment")("{}"))
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=_cmd_segment)
+
+    s = sub.add_parser("measure", help="measure each labelled vertebra")
+    s.add_argument("--converted", type=Path, required=True)
+    s.add_argument("--segmented", type=Path, required=True)
+    s.add_argument("--options", type=_options("measure"), default=_options("measure")("{}"))
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=_cmd_measure)
+
+    s = sub.add_parser("seg", help="write the DICOM Segmentation of one series")
+    s.add_argument("--converted", type=Path, required=True)
+    s.add_argument("--segmented", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=_cmd_seg)
+
+    s = sub.add_parser("sr", help="write the DICOM SR (TID 1500) of one series")
+    s.add_argument("--converted", type=Path, required=True)
+    s.add_argument("--measurements", type=Path, required=True)
+    s.add_argument("--seg", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=_cmd_sr)
+
+    s = sub.add_parser("cohort", help="gather measurements and failures of every series")
+    s.add_argument("--manifest", type=Path, required=True)
+    s.add_argument("--root", type=Path, default=Path("."))
+    s.add_argument("--parquet", type=Path, required=True)
+    s.add_argument("--csv", type=Path, required=True)
+    s.add_argument("--failures", type=Path, required=True)
+    s.set_defaults(func=_cmd_cohort)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SpineIdcError as e:  # --options that fail their schema
+        print(f"spine-idc: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except SpineIdcError as e:
+        log.error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The cohort table: one row per series and vertebra, plus one row per failed series.
+
+Driven by the manifest: every series in it ends either in measurements (and its SEG and SR) or
+in a recorded failure, and both tables say which.  Nothing is found by globbing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from . import layout
+from .atomic import atomic_path
+from .errors import SpineIdcError
+from .manifest import read_manifest
+from .outcome import read_failure
+
+log = logging.getLogger(__name__)
+
+FAILURE_COLUMNS = [
+    "series_key", "series_instance_uid", "study_instance_uid", "patient_id",
+    "stage", "reason", "message", "hint", "path",
+]
+
+
+def _vertebra_flags(qc: dict, label_value: int) -> list[str]:
+    for vert in qc.get("vertebrae", []):
+        if int(vert.get("label_value", -1)) == label_value:
+            return list(vert.get("flags", []))
+    return []
+
+
+def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], list[dict]]:
+    """Collect measurement rows and failure rows for every series in ``manifest``."""
+    rows: list[dict] = []
+    failures: list[dict] = []
+    for entry in read_manifest(manifest):
+        key = entry.series_key
+        ids = {
+            "series_key": key,
+            "series_instance_uid": entry.series_instance_uid,
+            "study_instance_uid": entry.study_instance_uid,
+            "patient_id": entry.patient_id,
+        }
+        failure = read_failure(layout.path("convert", key, root))
+        if failure is None:
+            failure = read_failure(layout.path("segment", key, root))
+        if failure is not None:
+            failures.append({**ids, **{k: getattr(failure, k) for k in FAILURE_COLUMNS[4:]}})
+            continue
+        measured = layout.path("measure", key, root)
+        if not measured.exists():
+            raise SpineIdcError(f"series {key} has neither measurements nor a failure record ({measured})")
+        record = json.loads(measured.read_text())
+        qc = record.get("qc", {})
+        ids["series_instance_uid"] = record.get("series_instance_uid") or ids["series_instance_uid"]
+        ids["study_instance_uid"] = record.get("study_instance_uid") or ids["study_instance_uid"]
+        for m in record["measurements"]:
+            flags = _vertebra_flags(qc, int(m["label_value"]))
+            cx, cy, cz = m.pop("centroid_lps_mm")
+            rows.append(
+                {
+                    **ids,
+                    **m,
+                    "centroid_x_mm": cx,
+                    "centroid_y_mm": cy,
+                    "centroid_z_mm": cz,
+                    "identified": not m["level"].startswith("vertebra"),
+                    "qc_flags": ";".join(flags),
+                    "qc_pass": not flags and not m.get("touches_border", False),
+                    "seg_path": str(layout.path("seg", key)),
+                    "sr_path": str(layout.path("sr", key)),
+                }
+            )
+    return rows, failures
+
+
+def write_cohort(
+    manifest: str | Path,
+    parquet: str | Path,
+    csv: str | Path,
+    failures_csv: str | Path,
+    root: str | Path = ".",
+) -> tuple[int, int]:
+    """Write the cohort tables; returns (vertebra rows, failed series)."""
+    import pandas as pd
+
+    rows, failures = gather(manifest, root)
+    table = pd.DataFrame(rows)
+    fails = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+    with atomic_path(parquet, suffix=".parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_path(csv, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(failures_csv, suffix=".csv") as tmp:
+        fails.to_csv(tmp, index=False)
+    log.info("cohort: %d vertebrae from %d series; %d series failed",
+             len(table), table["series_key"].nunique() if len(table) else 0, len(fails))
+    return len(table), len(fails)

@@ -1,0 +1,140 @@
+"""The workflow configuration: validated against its JSON Schema once, at the edge, then typed.
+
+``config.yaml`` (or Snakemake's ``config`` dict, after ``--config`` overrides) is checked against
+``schemas/config.schema.yaml``: unknown or mistyped keys are an error that names the key, before
+any job starts.  Defaults come from the schema, so the schema is the one place they are written.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shlex
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+def schema_path(name: str = "config") -> Path:
+    """Path of a bundled JSON Schema (``config`` or ``manifest``)."""
+    return Path(str(resources.files("spine_idc") / "schemas" / f"{name}.schema.yaml"))
+
+
+def load_schema(name: str = "config") -> dict:
+    return yaml.safe_load(schema_path(name).read_text())
+
+
+def _fill_defaults(instance: dict, schema: dict) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if isinstance(instance.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(instance[key], sub)
+
+
+def validate_config(raw: dict | None) -> dict:
+    """Return a copy of ``raw`` with defaults filled in, or raise :class:`ConfigError`."""
+    import jsonschema
+
+    data = copy.deepcopy(raw or {})
+    schema = load_schema("config")
+    _fill_defaults(data, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors:
+            where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+            lines.append(f"  {where}: {err.message}")
+        raise ConfigError(
+            "invalid configuration:\n" + "\n".join(lines),
+            hint="see workflow/schemas/config.schema.yaml for every key, its type and default",
+        )
+    return data
+
+
+@dataclasses.dataclass(frozen=True)
+class PhantomConfig:
+    count: int
+    first_seed: int
+    size: str
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.count))
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentConfig:
+    backend: str
+    spacing_mm: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureConfig:
+    erosion_mm: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The typed, validated configuration."""
+
+    source: str
+    input_dir: Path
+    phantom: PhantomConfig
+    convert: dict[str, Any]
+    segment: SegmentConfig
+    measure: MeasureConfig
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> "Config":
+        data = validate_config(raw)
+        return cls(
+            source=data["source"],
+            input_dir=Path(data["input_dir"]),
+            phantom=PhantomConfig(**data["phantom"]),
+            convert=dict(data["convert"]),
+            segment=SegmentConfig(**data["segment"]),
+            measure=MeasureConfig(**data["measure"]),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"configuration file {path} not found") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"configuration file {path} is not valid YAML: {e}") from e
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"configuration file {path} must hold a mapping of keys")
+        return cls.from_dict(raw)
+
+    def convert_options(self):
+        from .convert import ConvertOptions
+
+        return ConvertOptions(**self.convert)
+
+
+def section_json(config: dict, section: str) -> str:
+    """A config section as a shell-quoted JSON argument, for ``--options`` of a CLI verb.
+
+    Used by the rules so that a job sees exactly the validated configuration of the run,
+    including ``--config`` overrides, without re-reading ``config.yaml``.
+    """
+    return shlex.quote(json.dumps(config[section], sort_keys=True))
+
+
+def parse_section(text: str, section: str) -> dict:
+    """Inverse of :func:`section_json`, validated against that section's schema."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--options for {section} is not valid JSON: {e}") from e
+    return validate_config({section: value})[section]

@@ -1,0 +1,165 @@
+"""One function per workflow stage: read the stage's inputs, call the core, write its outputs.
+
+These are the thin edges between files on disk and the pure functions of the package.  Each
+per-series stage writes into a temporary folder that is renamed into place when complete, and
+turns bad input (:class:`~spine_idc.errors.SeriesError`) into a recorded :class:`Failure` instead
+of a crash, so the rest of the batch finishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from . import layout
+from .atomic import atomic_dir, write_text
+from .errors import SeriesError, SpineIdcError
+from .outcome import Failure, read_failure, write_failure
+
+log = logging.getLogger(__name__)
+
+
+def _record(stage: str, folder: Path, err: SeriesError) -> Failure:
+    log.error("%s failed: %s", stage, err)
+    failure = Failure.from_error(stage, err)
+    write_failure(folder, failure)
+    return failure
+
+
+def _require_success(folder: Path, stage: str) -> None:
+    failure = read_failure(folder)
+    if failure is not None:
+        raise SpineIdcError(
+            f"{stage} of series {failure.series_key} failed ({failure.reason}); "
+            "later stages cannot run on it"
+        )
+
+
+def make_phantoms(seeds: list[int], size: str, out_dir: Path) -> None:
+    """Generate one phantom series per seed into ``out_dir/seed-NNNN/`` (DICOM + ground truth)."""
+    from .phantom import write_phantom
+
+    with atomic_dir(out_dir) as tmp:
+        for seed in seeds:
+            write_phantom(seed, tmp / f"seed-{seed:04d}", size=size)
+
+
+def make_manifest(source: str, input_dir: Path, out: Path, file_lists: Path) -> None:
+    from .manifest import manifest_from_folder, write_manifest
+
+    rows = manifest_from_folder(input_dir, file_lists, source)
+    write_manifest(rows, out)
+
+
+def convert(manifest: Path, series_key: str, options: dict, out_dir: Path) -> Failure | None:
+    """DICOM series -> ``volume.nii.gz`` + ``series.json``, or ``failure.json``."""
+    from .convert import ConvertOptions, load_series, write_converted
+    from .manifest import read_manifest
+
+    rows = {r.series_key: r for r in read_manifest(manifest)}
+    if series_key not in rows:
+        raise SpineIdcError(f"series {series_key} is not in manifest {manifest}")
+    row = rows[series_key]
+    with atomic_dir(out_dir) as tmp:
+        try:
+            volume, info = load_series(row.files(), series_key, ConvertOptions(**options))
+        except SeriesError as err:
+            return _record("convert", tmp, err)
+        write_converted(volume, info, tmp)
+    log.info("series %s: converted %s voxels", series_key, "x".join(map(str, volume.array.shape)))
+    return None
+
+
+def segment(converted: Path, series_key: str, options: dict, out_dir: Path) -> Failure | None:
+    """Volume -> vertebra label map, body map and QC record, or ``failure.json``."""
+    from .segment import get_backend
+    from .volume import read_nifti, write_nifti
+
+    _require_success(converted, "convert")
+    ct = read_nifti(converted / layout.VOLUME)
+    options = dict(options)
+    backend = get_backend(options.pop("backend"), **options)
+    with atomic_dir(out_dir) as tmp:
+        try:
+            result = backend.segment(ct, series_key=series_key)
+        except SeriesError as err:
+            return _record("segment", tmp, err)
+        write_nifti(result.labels, tmp / layout.LABELS)
+        write_nifti(result.bodies, tmp / layout.BODIES)
+        qc = result.qc.to_dict()
+        qc["algorithm"] = {"name": backend.name, "version": backend.version, "parameters": options}
+        write_text(tmp / layout.QC, json.dumps(qc, indent=2))
+    return None
+
+
+def _qc(segmented: Path) -> dict:
+    return json.loads((segmented / layout.QC).read_text())
+
+
+def measure(converted: Path, segmented: Path, options: dict, out: Path) -> None:
+    """Per-vertebra measurements (and the QC flags that go with them) as JSON."""
+    from .measure import measure_vertebrae
+    from .volume import SeriesInfo, read_nifti
+
+    _require_success(converted, "convert")
+    _require_success(segmented, "segment")
+    info = SeriesInfo.read(converted / layout.SERIES_INFO)
+    qc = _qc(segmented)
+    axes = {int(k): tuple(v) for k, v in qc.get("axis_lps", {}).items()}
+    results = measure_vertebrae(
+        read_nifti(converted / layout.VOLUME),
+        read_nifti(segmented / layout.LABELS),
+        read_nifti(segmented / layout.BODIES),
+        axis_lps=axes or None,
+        erosion_mm=options["erosion_mm"],
+    )
+    record = {
+        "series_key": info.series_key,
+        "series_instance_uid": info.series_instance_uid,
+        "study_instance_uid": info.study_instance_uid,
+        "patient_id": info.patient_id,
+        "measurements": [dataclasses.asdict(m) for m in results],
+        "qc": qc,
+    }
+    write_text(out, json.dumps(record, indent=2))
+
+
+def _algorithm(qc: dict):
+    from .dicom_seg import AlgorithmInfo
+
+    algo = qc["algorithm"]
+    return AlgorithmInfo(
+        name=f"spine-idc {algo['name']}",
+        version=algo["version"],
+        parameters={k: str(v) for k, v in algo.get("parameters", {}).items()},
+    )
+
+
+def write_seg(converted: Path, segmented: Path, out: Path) -> None:
+    from .dicom_seg import write_seg as _write_seg
+    from .volume import SeriesInfo, read_nifti
+
+    _require_success(segmented, "segment")
+    info = SeriesInfo.read(converted / layout.SERIES_INFO)
+    labels = read_nifti(segmented / layout.LABELS)
+    _write_seg(labels, info, _algorithm(_qc(segmented)), out)
+
+
+def write_sr(converted: Path, measurements: Path, seg: Path, out: Path) -> None:
+    import pydicom
+
+    from .dicom_sr import write_sr as _write_sr
+    from .measure import VertebraMeasurement
+    from .volume import SeriesInfo
+
+    info = SeriesInfo.read(converted / layout.SERIES_INFO)
+    record = json.loads(Path(measurements).read_text())
+    results = [VertebraMeasurement(**_tuples(m)) for m in record["measurements"]]
+    seg_ds = pydicom.dcmread(seg, stop_before_pixels=True)
+    _write_sr(results, seg_ds, info, _algorithm(record["qc"]), out, qc=record["qc"])
+
+
+def _tuples(m: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}

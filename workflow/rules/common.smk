@@ -1,0 +1,20 @@
+# Input functions that read checkpoint outcomes; kept here so rule files hold only rules.
+
+
+def series_products(wildcards):
+    """What a series must produce, decided by its convert and segment checkpoints."""
+    converted = checkpoints.convert.get(series=wildcards.series).output[0]
+    if read_failure(converted):
+        return [converted]
+    segmented = checkpoints.segment.get(series=wildcards.series).output[0]
+    if read_failure(segmented):
+        return [converted, segmented]
+    return expand([P["measure"], P["seg"], P["sr"]], series=wildcards.series)
+
+
+def all_series_outcomes(wildcards):
+    from spine_idc.manifest import read_manifest
+
+    manifest = checkpoints.manifest.get().output.manifest
+    keys = [row.series_key for row in read_manifest(manifest)]
+    return expand("work/outcome/{series}.done", series=keys)
