@@ -1,0 +1,96 @@
+"""The configuration is validated against its schema before any job runs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spine_idc.config import Config, parse_section, section_json, validate_config
+from spine_idc.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_is_valid():
+    cfg = Config.from_file(REPO / "config.yaml")
+    assert cfg.source in {"local", "phantom"}
+    assert cfg.segment.backend == "classical"
+
+
+def test_defaults_come_from_the_schema():
+    data = validate_config({})
+    assert data["convert"] == {"min_slices": 10, "repair_blank_uids": False, "max_gap_ratio": 1.5}
+    assert data["phantom"]["count"] >= 1
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(ConfigError, match="sorce"):
+        validate_config({"sorce": "local"})
+
+
+def test_unknown_nested_key_names_the_section():
+    with pytest.raises(ConfigError, match=r"convert.*min_slice"):
+        validate_config({"convert": {"min_slice": 3}})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"source": "ftp"}, {"convert": {"min_slices": "ten"}}, {"segment": {"spacing_mm": 0}}],
+)
+def test_mistyped_values_are_rejected(bad):
+    with pytest.raises(ConfigError):
+        validate_config(bad)
+
+
+def test_malformed_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("source: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        Config.from_file(p)
+
+
+def test_section_round_trip_through_the_shell():
+    config = validate_config({"convert": {"min_slices": 4}})
+    quoted = section_json(config, "convert")
+    (text,) = __import__("shlex").split(quoted)
+    assert parse_section(text, "convert")["min_slices"] == 4
+
+
+def test_cli_validate_config_reports_bad_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"source": "local", "segment": {"backnd": "x"}}))
+    out = subprocess.run(
+        [sys.executable, "-m", "spine_idc.cli", "validate-config", str(p)],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 1
+    assert "backnd" in out.stderr
+
+
+def test_snakemake_rejects_unknown_key_before_any_job(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
+         "-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
+         "--config", "sorce=phantom"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode != 0
+    assert "sorce" in out.stdout + out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_workflow_lint_is_clean():
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "--lint"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "good condition" in out.stdout + out.stderr
+
+
+def test_import_is_cheap():
+    code = "import sys, spine_idc; print(any(m in sys.modules for m in ('torch', 'highdicom', 'scipy')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
