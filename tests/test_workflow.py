@@ -1,0 +1,201 @@
+"""The whole chain through Snakemake: phantoms, a mixed local folder with bad series, a killed run.
+
+These run the real workflow (`snakemake` as a subprocess, the `spine-idc` verbs, the real
+segmenter and highdicom writers) on small phantoms, so they are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from spine_idc.phantom import write_phantom
+
+from dciodvfy import dciodvfy_errors
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *config: str, check: bool = True, popen: bool = False):
+    cmd = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
+        "--directory", str(workdir), "--configfile", str(REPO / "config.yaml"),
+        "--cores", "2", "--keep-going", "--rerun-incomplete", "--config", *config,
+    ]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    if popen:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        logs = "\n".join(p.read_text()[-2000:] for p in (workdir / "logs").rglob("*.log"))
+        raise AssertionError(f"snakemake failed:\n{out.stderr[-4000:]}\n--- job logs ---\n{logs}")
+    return out
+
+
+def check_outputs(workdir: Path, keys: list[str]) -> pd.DataFrame:
+    for key in keys:
+        for name in ("seg.dcm", "sr.dcm"):
+            path = workdir / "results" / "series" / key / name
+            assert path.exists(), f"{path} missing"
+            assert dciodvfy_errors(path) == [], f"{path} fails dciodvfy"
+    seg = pydicom.dcmread(workdir / "results" / "series" / keys[0] / "seg.dcm")
+    import highdicom as hd
+
+    assert len(hd.seg.Segmentation.from_dataset(seg).segment_numbers) >= 1
+    table = pd.read_parquet(workdir / "results" / "cohort" / "measurements.parquet")
+    assert set(table["series_key"]) == set(keys)
+    return table
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    snakemake(workdir, "source=phantom", "phantom={'count': 2, 'first_seed': 3, 'size': 'test'}")
+    return workdir
+
+
+def _keys(workdir: Path) -> list[str]:
+    manifest = pd.read_csv(workdir / "results" / "manifest.tsv", sep="\t", dtype=str)
+    return list(manifest["series_key"])
+
+
+def test_phantom_demo_end_to_end(demo_run):
+    keys = _keys(demo_run)
+    assert len(keys) == 2
+    table = check_outputs(demo_run, keys)
+    assert (table["volume_ml"] > 0).all()
+    assert table["identified"].any()
+    failures = pd.read_csv(demo_run / "results" / "cohort" / "failures.csv")
+    assert failures.empty
+
+
+def test_rerun_does_nothing(demo_run):
+    out = snakemake(demo_run, "source=phantom", "phantom={'count': 2, 'first_seed': 3, 'size': 'test'}")
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+# --- a local folder with every kind of bad series ------------------------------------------
+
+
+def _copy_series(src: list[Path], dest: Path, tag: str) -> list[Path]:
+    """Copy a series under new UIDs (a distinct series), files named without order."""
+    dest.mkdir(parents=True, exist_ok=True)
+    series_uid = generate_uid(entropy_srcs=[tag, "series"])
+    out = []
+    for i, f in enumerate(src):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[tag, str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        target = dest / f"{tag}-{i:03d}.dcm"
+        ds.save_as(target)
+        out.append(target)
+    return out
+
+
+def _by_position(files: list[Path]) -> list[Path]:
+    return sorted(files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def _edit(files, fn):
+    for f in files:
+        ds = pydicom.dcmread(f)
+        fn(ds)
+        ds.save_as(f)
+
+
+def make_bad_folder(root: Path) -> dict[str, str]:
+    """Good phantoms mixed with one series of each fault; returns {series_key: expected reason}."""
+    base = root / "base"
+    good_a, _ = write_phantom(3, base / "a")
+    good_b, _ = write_phantom(4, base / "b")
+    source = root / "input"
+    mixed = source / "scanner" / "mixed"
+    expected: dict[str, str] = {}
+    for files in (good_a, good_b):  # two good series interleaved in one folder
+        copied = _copy_series(files, mixed, files[0].parent.parent.name)
+        expected[pydicom.dcmread(copied[0]).SeriesInstanceUID] = "ok"
+    (mixed / "README.txt").write_text("not DICOM")
+
+    def fault(tag: str, reason: str) -> list[Path]:
+        files = _copy_series(good_a, source / tag, tag)
+        expected[pydicom.dcmread(files[0]).SeriesInstanceUID] = reason
+        return files
+
+    files = fault("corrupt", "unreadable")
+    victim = _by_position(files)[len(files) // 2]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+
+    _edit(fault("notct", "not-ct"), lambda ds: setattr(ds, "Modality", "MR"))
+    for f in _by_position(fault("short", "too-few-slices"))[4:]:
+        f.unlink()
+    files = _by_position(fault("gap", "missing-slices"))
+    files[len(files) // 2].unlink()
+    _edit(fault("scout", "localizer"), lambda ds: setattr(ds, "ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]))
+    files = _by_position(fault("dup", "duplicate-uid"))
+    ds = pydicom.dcmread(files[3])
+    ds.SOPInstanceUID = pydicom.dcmread(files[4]).SOPInstanceUID
+    ds.save_as(files[3])
+    files = fault("size", "mixed-geometry")
+    ds = pydicom.dcmread(files[0])
+    arr = ds.pixel_array[:-8, :]
+    ds.Rows = arr.shape[0]
+    ds.PixelData = arr.tobytes()
+    ds.save_as(files[0])
+    # blank UIDs: grouped per folder under a nouid- key
+    blank = fault("blank", "blank-uid")
+    del expected[pydicom.dcmread(blank[0]).SeriesInstanceUID]
+    _edit(blank, lambda ds: (setattr(ds, "SeriesInstanceUID", ""), setattr(ds, "SOPInstanceUID", "")))
+    expected["nouid"] = "blank-uid"
+    shutil.rmtree(base)
+    return expected
+
+
+def test_local_folder_with_bad_series(tmp_path):
+    expected = make_bad_folder(tmp_path)
+    snakemake(tmp_path, "source=local", f"input_dir={tmp_path / 'input'}")
+    good = sorted(k for k, r in expected.items() if r == "ok")
+    check_outputs(tmp_path, good)
+    failures = pd.read_csv(tmp_path / "results" / "cohort" / "failures.csv", dtype=str)
+    got = dict(zip(failures["series_key"], failures["reason"]))
+    nouid = [k for k in got if k.startswith("nouid-")]
+    assert len(nouid) == 1
+    got["nouid"] = got.pop(nouid[0])
+    assert got == {k: r for k, r in expected.items() if r != "ok"}
+    for _, row in failures.iterrows():  # each message names the series
+        assert row["series_key"] in row["message"] or row["series_key"].startswith("nouid")
+    assert failures.loc[failures["reason"] == "unreadable", "path"].notna().all()
+
+
+def test_killed_run_resumes(tmp_path, demo_run):
+    config = ("source=phantom", "phantom={'count': 2, 'first_seed': 3, 'size': 'test'}")
+    proc = snakemake(tmp_path, *config, popen=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any((tmp_path / "work" / "segment").glob("*")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job tree, mid-segmentation
+    proc.wait()
+    snakemake(tmp_path, *config)
+    keys = _keys(tmp_path)
+    resumed = check_outputs(tmp_path, keys).sort_values(["series_key", "label_value"])
+    reference = pd.read_parquet(demo_run / "results" / "cohort" / "measurements.parquet")
+    reference = reference.sort_values(["series_key", "label_value"])
+    cols = ["series_key", "level", "volume_ml", "trabecular_mean_hu"]
+    pd.testing.assert_frame_equal(resumed[cols].reset_index(drop=True), reference[cols].reset_index(drop=True))
+    for key in keys:  # deterministic UIDs: the resumed SEG is the same instance
+        a = pydicom.dcmread(tmp_path / "results" / "series" / key / "seg.dcm", stop_before_pixels=True)
+        b = pydicom.dcmread(demo_run / "results" / "series" / key / "seg.dcm", stop_before_pixels=True)
+        assert a.SOPInstanceUID == b.SOPInstanceUID
