@@ -21,7 +21,7 @@ def test_shipped_config_is_valid():
 
 def test_defaults_come_from_the_schema():
     data = validate_config({})
-    assert data["convert"] == {"min_slices": 10, "repair_blank_uids": False, "max_gap_ratio": 1.5}
+    assert data["convert"]["min_slices"] == 10 and data["convert"]["repair_blank_uids"] is False
     assert data["phantom"]["count"] >= 1
 
 
