@@ -8,7 +8,7 @@ cranio-caudal order, and are coded as a generic vertebra.
 Sources of the codes:
 
 * vertebra levels: DICOM PS3.16 CID 7603 "Vertebra" (SNOMED CT);
-* sacrum 54735007, generic vertebra 51282000 and category 91723000 "Anatomical Structure":
+* sacrum 54735007, generic vertebra 51282000 and category 123037004 "Anatomical Structure" (see the note at CATEGORY_ANATOMICAL_STRUCTURE):
   DICOM PS3.16 CID 7151 / CID 7150;
 * measurement codes: DICOM PS3.16 (DCM 112031 "Attenuation Coefficient", SCT 118565006
   "Volume") and UCUM for units.
@@ -51,16 +51,17 @@ class Level:
         return _ORDER.get(self.name, -1)
 
 
-#: DICOM PS3.16 CID 7150 "Segmentation Property Categories": "Anatomical Structure" is SCT
-#: 91723000 (as in ``pydicom.sr.codedict.codes.cid7150.AnatomicalStructure``).  The older
-#: 123037004 is SNOMED "Body structure", the legacy mapping of SRT T-D000A that some tools still
-#: write; CID 7150 no longer lists it.
-CATEGORY_ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+#: Segmented property category "Anatomical Structure" as SCT 123037004, the code that IDC's
+#: existing vertebra SEGs (TotalSegmentator on NLST, dcmqi's mapping of SRT T-D000A) carry, so
+#: one BigQuery filter finds theirs and ours.  pydicom's CID 7150 table lists 91723000 for the
+#: same meaning; we keep 123037004 for interoperability with the IDC collections.
+CATEGORY_ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
 #: SCT 51282000 with the meaning "Vertebra" as listed in CID 7151 "Segmentation Property Types"
 #: (``codes.cid7151.Vertebra``; SNOMED's FSN is "Bone structure of spine"), for vertebrae whose
 #: level is unknown.
 VERTEBRA_GENERIC = Code("51282000", "SCT", "Vertebra")
-#: CID 7151 / CID 4 "Spine" (structure of vertebral column): finding site when the level is unknown.
+#: CID 7151 / CID 4 "Spine" (structure of vertebral column): the finding site when the level
+#: is unknown.
 SPINE = Code("421060004", "SCT", "Spine")
 
 _SNOMED = {

@@ -1,0 +1,292 @@
+"""DICOM Segmentation (SEG) of the vertebrae, built with highdicom.
+
+One binary Segmentation instance per series, one segment per vertebra present, segments numbered
+cranio-caudally.  Every segment is described per the Segment Description macro (PS3.3 C.8.20.4):
+category "Anatomical Structure" (CID 7150), type = the level's code (CID 7151 / CID 7603),
+algorithm type AUTOMATIC with the Algorithm Identification macro (family from CID 7162), a
+recommended CIELab display colour from the label table, and a tracking UID that the SR (TID 1411
+"Tracking Unique Identifier") repeats.
+
+UIDs are derived deterministically from the source series and the algorithm, so re-running a
+series replaces its SEG instead of adding a second one next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from pydicom.sr.coding import Code
+
+from . import coding
+from .atomic import atomic_path
+from .errors import InvalidSeriesError, SeriesError
+from .volume import LPS_TO_RAS, SeriesInfo, Volume
+
+log = logging.getLogger(__name__)
+
+MANUFACTURER = "spine-idc"
+SEG_SERIES_NUMBER = 901
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AlgorithmInfo:
+    """The segmentation/measurement algorithm, as recorded in SEG and SR.
+
+    ``family`` is a CID 7162 "Segmentation Algorithm Families" code: Morphological Operations for
+    the classical pipeline (thresholding, connected components, morphology), Artificial
+    Intelligence only for neural networks.  ``parameters`` go into Algorithm Parameters
+    (0066,0032) as ``key=value`` pairs.
+    """
+
+    version: str
+    name: str = "spine-idc classical"
+    family: Code = coding.ALGORITHM_FAMILY_MORPHOLOGICAL
+    parameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def deterministic_uid(*parts: str) -> str:
+    """A UID that is a pure function of ``parts`` (pydicom's prefix plus a hash of them)."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[str(p) for p in parts])
+
+
+def output_uid(info: SeriesInfo, algorithm: AlgorithmInfo, kind: str, what: str) -> str:
+    """UID of an output (``kind`` "seg"/"sr", ``what`` "series"/"instance"/...) of a series."""
+    return deterministic_uid(
+        info.series_instance_uid, algorithm.name, algorithm.version, kind, what
+    )
+
+
+def tracking_uid(info: SeriesInfo, algorithm: AlgorithmInfo, level_name: str) -> str:
+    """Tracking UID of one vertebra: shared by the SEG segment and the SR measurement group."""
+    return output_uid(info, algorithm, "tracking", level_name)
+
+
+def read_source_headers(info: SeriesInfo) -> list:
+    """Headers of the source instances in slice order ``k`` (pixel data is not read).
+
+    When ``info.uids_repaired`` the files carry blank UIDs; the repaired ones from ``info`` are
+    set on the in-memory datasets (never on disk) so that the SEG references what the rest of
+    the pipeline calls these instances.
+    """
+    import pydicom
+
+    datasets = []
+    for k, path in enumerate(info.files):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises several types for a corrupt file
+            raise InvalidSeriesError(
+                info.series_key, "unreadable-source", f"cannot read source instance: {exc}",
+                path=str(path),
+            ) from exc
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            # An empty value means the default repertoire; highdicom rejects the empty string.
+            del ds.SpecificCharacterSet
+        if info.uids_repaired:
+            if not ds.get("SOPClassUID"):  # blank too in real files with blank UIDs
+                ds.SOPClassUID = info.sop_class_uid or ds.file_meta.MediaStorageSOPClassUID
+            ds.StudyInstanceUID = info.study_instance_uid
+            ds.SeriesInstanceUID = info.series_instance_uid
+            ds.SOPInstanceUID = info.sop_instance_uids[k]
+            if not ds.get("FrameOfReferenceUID"):
+                ds.FrameOfReferenceUID = info.frame_of_reference_uid
+        elif ds.get("SOPInstanceUID") != info.sop_instance_uids[k]:
+            raise SeriesError(
+                info.series_key, "source-mismatch",
+                f"slice {k}: SOPInstanceUID {ds.get('SOPInstanceUID')!r} is not the one in "
+                f"series.json ({info.sop_instance_uids[k]!r})", path=str(path),
+            )
+        datasets.append(ds)
+    return datasets
+
+
+def check_geometry(labels: Volume, datasets: Sequence, info: SeriesInfo) -> None:
+    """Raise :class:`SeriesError` ("seg-geometry-mismatch") unless the label grid is the source's.
+
+    Instance ``k`` must have Rows x Columns = ``shape[1] x shape[0]``, orientation equal to the
+    affine's first two axes (in LPS), Pixel Spacing = (j, i) voxel size, and its Image Position
+    at voxel ``(0, 0, k)``; positions are allowed a tenth of the smallest voxel size.
+    """
+    ni, nj, nk = labels.array.shape
+    m = LPS_TO_RAS @ labels.affine
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
+    row_dir, col_dir = m[:3, 0] / spacing[0], m[:3, 1] / spacing[1]
+    tol = 0.1 * float(spacing.min())
+
+    def fail(k: int, what: str) -> None:
+        raise SeriesError(
+            info.series_key, "seg-geometry-mismatch",
+            f"label map grid does not match source slice {k}: {what}", path=str(info.files[k]),
+        )
+
+    if len(datasets) != nk:
+        raise SeriesError(
+            info.series_key, "seg-geometry-mismatch",
+            f"label map has {nk} slices but the series has {len(datasets)} instances",
+        )
+    for k, ds in enumerate(datasets):
+        if (int(ds.Rows), int(ds.Columns)) != (nj, ni):
+            fail(k, f"{ds.Rows}x{ds.Columns} pixels, label slice is {nj}x{ni}")
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        if not np.allclose(iop, np.r_[row_dir, col_dir], atol=1e-3):
+            fail(k, f"orientation {iop.tolist()} vs {np.r_[row_dir, col_dir].round(4).tolist()}")
+        ps = np.asarray(ds.PixelSpacing, dtype=float)
+        if not np.allclose(ps, spacing[[1, 0]], rtol=1e-3, atol=1e-4):
+            fail(k, f"pixel spacing {ps.tolist()} vs {spacing[[1, 0]].round(4).tolist()}")
+        ipp = np.asarray(ds.ImagePositionPatient, dtype=float)
+        expected = m[:3, 3] + k * m[:3, 2]
+        if np.linalg.norm(ipp - expected) > tol:
+            fail(k, f"position {ipp.tolist()} vs {expected.round(3).tolist()}")
+
+
+def segment_order(labels: Volume) -> list[int]:
+    """Label values present, cranio-caudally: named levels by value (the anatomical order), and
+    unidentified vertebrae (>= 101) slotted in by the height of their bounding-box centre."""
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(np.asarray(labels.array))
+    present = [v for v, b in enumerate(boxes, start=1) if b is not None]
+    m = LPS_TO_RAS @ labels.affine
+
+    def superior_mm(v: int) -> float:
+        centre = [(s.start + s.stop - 1) / 2.0 for s in boxes[v - 1]]
+        return float(m[2, :3] @ centre + m[2, 3])
+
+    named = [v for v in present if v < coding.UNIDENTIFIED_BASE]
+    unnamed = [v for v in present if v >= coding.UNIDENTIFIED_BASE]
+    order: list[int] = []
+    for v in named:
+        while unnamed and superior_mm(unnamed[0]) > superior_mm(v):
+            order.append(unnamed.pop(0))
+        order.append(v)
+    return order + unnamed
+
+
+def build_seg(
+    labels: Volume,
+    info: SeriesInfo,
+    algorithm: AlgorithmInfo,
+    *,
+    series_number: int = SEG_SERIES_NUMBER,
+    content_label: str = "VERTEBRAE",
+):
+    """Build the binary DICOM Segmentation of a vertebra label map.
+
+    Parameters
+    ----------
+    labels:
+        Label map on the grid of the source series (``array[:, :, k].T`` is the frame of source
+        instance ``k``), values per :mod:`spine_idc.coding`.
+    info:
+        The source series (its ``files`` are read for their headers only).
+    algorithm:
+        What produced the labels; goes into the Segment Description's algorithm identification
+        and, with the source series UID, into the deterministic UIDs.
+    series_number, content_label:
+        Series Number and Content Label (0070,0080) of the SEG.
+
+    Returns
+    -------
+    highdicom.seg.Segmentation
+        A pydicom Dataset; empty frames are omitted.
+
+    Raises
+    ------
+    SeriesError
+        If the label grid does not match the source geometry ("seg-geometry-mismatch"), the
+        label map is empty ("empty-segmentation"), or a source file is unreadable.
+    """
+    import highdicom as hd
+
+    t0 = time.perf_counter()
+    lab = np.asarray(labels.array)
+    if lab.dtype.kind not in "iu" or (lab.dtype.kind == "i" and lab.min() < 0):
+        raise ValueError(f"labels must be a non-negative integer array, got {lab.dtype}")
+    datasets = read_source_headers(info)
+    check_geometry(labels, datasets, info)
+    order = segment_order(labels)
+    if not order:
+        raise SeriesError(info.series_key, "empty-segmentation", "the label map has no vertebrae")
+
+    descriptions = []
+    for number, value in enumerate(order, start=1):
+        level = coding.level_for_value(value)
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=level.name,
+                segmented_property_category=coding.CATEGORY_ANATOMICAL_STRUCTURE,
+                segmented_property_type=level.code,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=hd.AlgorithmIdentificationSequence(
+                    name=algorithm.name,
+                    family=algorithm.family,
+                    version=algorithm.version,
+                    source=MANUFACTURER,
+                    parameters=dict(algorithm.parameters) or None,
+                ),
+                tracking_uid=tracking_uid(info, algorithm, level.name),
+                tracking_id=level.name,
+                display_color=hd.color.CIELabColor.from_rgb(*level.rgb),
+            )
+        )
+    # Label values -> segment numbers through a lookup table, then (i, j, k) -> (k, j, i): the
+    # frames x rows x columns label-map array highdicom splits into one binary frame per
+    # segment and source instance, skipping empty ones.
+    lut = np.zeros(max(order) + 1, dtype=np.uint8 if len(order) < 256 else np.uint16)
+    lut[order] = np.arange(1, len(order) + 1)
+    frames = np.ascontiguousarray(lut[lab].transpose(2, 1, 0))
+
+    seg = hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=output_uid(info, algorithm, "seg", "series"),
+        series_number=series_number,
+        sop_instance_uid=output_uid(info, algorithm, "seg", "instance"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.version,
+        content_label=content_label,
+        content_description=f"Vertebrae by {algorithm.name} {algorithm.version}"[:64],
+        series_description=f"Vertebrae ({algorithm.name})"[:64],
+        omit_empty_frames=True,
+    )
+    log.info(
+        "%s: SEG with %d segments, %d frames built in %.1f s",
+        info.series_key, len(order), int(seg.NumberOfFrames), time.perf_counter() - t0,
+    )
+    return seg
+
+
+def save_dataset(dataset, path: str | Path) -> Path:
+    """Write a highdicom/pydicom dataset as a DICOM file, atomically."""
+    path = Path(path)
+    with atomic_path(path, suffix=".dcm") as tmp:
+        dataset.save_as(tmp, enforce_file_format=True)
+    return path
+
+
+def write_seg(
+    labels: Volume,
+    info: SeriesInfo,
+    algorithm: AlgorithmInfo,
+    path: str | Path,
+    **kwargs,
+) -> Path:
+    """:func:`build_seg` and write the result to ``path`` atomically; returns ``path``."""
+    seg = build_seg(labels, info, algorithm, **kwargs)
+    t0 = time.perf_counter()
+    out = save_dataset(seg, path)
+    log.info("%s: SEG written to %s in %.1f s", info.series_key, out, time.perf_counter() - t0)
+    return out

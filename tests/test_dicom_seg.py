@@ -1,0 +1,344 @@
+"""Tests of spine_idc.dicom_seg: SEG frames land on the right voxels, codes, UIDs, validity."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from spine_idc import coding
+from spine_idc.dicom_seg import AlgorithmInfo, build_seg, deterministic_uid, write_seg
+from spine_idc.errors import SeriesError
+from spine_idc.volume import LPS_TO_RAS, SeriesInfo, Volume
+
+try:
+    from dciodvfy import dciodvfy_report
+except ImportError:  # tests collected as a package
+    from tests.dciodvfy import dciodvfy_report
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CT3 = DATA / "real" / "dcmqi_ct3" / "dicom"
+TS = DATA / "real" / "ts_t11_t12" / "dicom"
+ALGORITHM = AlgorithmInfo(version="0.1.0", parameters={"erosion_mm": "3.0"})
+
+
+# --- helpers shared with test_dicom_sr ----------------------------------------------------
+def load_series(folder: Path, *, pixels: bool = True) -> tuple[Volume, SeriesInfo]:
+    """Read a single-frame CT series the way volume.py defines it (independent of convert).
+
+    Without ``pixels`` the volume is all zeros on the right grid (for geometry-only tests).
+    """
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    dss = [pydicom.dcmread(p, stop_before_pixels=not pixels) for p in files]
+    iop = np.asarray(dss[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    pos = [float(normal @ np.asarray(d.ImagePositionPatient, dtype=float)) for d in dss]
+    order = np.argsort(pos)
+    dss, files = [dss[i] for i in order], [files[i] for i in order]
+    ps = np.asarray(dss[0].PixelSpacing, dtype=float)  # (between rows, between columns)
+    m = np.eye(4)
+    m[:3, 0] = iop[:3] * ps[1]
+    m[:3, 1] = iop[3:] * ps[0]
+    first = np.asarray(dss[0].ImagePositionPatient, dtype=float)
+    last = np.asarray(dss[-1].ImagePositionPatient, dtype=float)
+    m[:3, 2] = (last - first) / max(len(dss) - 1, 1) if len(dss) > 1 else normal
+    m[:3, 3] = first
+    if pixels:
+        array = np.stack(
+            [d.pixel_array.T * float(d.get("RescaleSlope", 1))
+             + float(d.get("RescaleIntercept", 0)) for d in dss], axis=2,
+        ).astype(np.float32)
+    else:
+        array = np.zeros((int(dss[0].Columns), int(dss[0].Rows), len(dss)), dtype=np.int16)
+    info = SeriesInfo(
+        series_key=dss[0].SeriesInstanceUID,
+        series_instance_uid=dss[0].SeriesInstanceUID,
+        study_instance_uid=dss[0].StudyInstanceUID,
+        frame_of_reference_uid=dss[0].FrameOfReferenceUID,
+        sop_class_uid=dss[0].SOPClassUID,
+        sop_instance_uids=[d.SOPInstanceUID for d in dss],
+        files=[str(f) for f in files],
+        rows=int(dss[0].Rows),
+        columns=int(dss[0].Columns),
+    )
+    return Volume(array, LPS_TO_RAS @ m), info
+
+
+def write_synthetic_series(
+    folder: Path,
+    *,
+    n_slices: int = 12,
+    rows: int = 20,
+    columns: int = 24,
+    iop=(-1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
+    pixel_spacing=(0.8, 0.6),
+    slice_step: float = 2.5,
+    blank_uids: bool = False,
+) -> list[Path]:
+    """A tiny valid CT series; file ``00`` is the *highest* slice (descending order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    iop = np.asarray(iop, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    origin = np.array([30.0, 20.0, -100.0])
+    paths = []
+    for n in range(n_slices):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        sop = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, "" if blank_uids else sop
+        ds.StudyInstanceUID = "" if blank_uids else study
+        ds.SeriesInstanceUID = "" if blank_uids else series
+        ds.FrameOfReferenceUID = frame
+        ds.PatientName, ds.PatientID = "Phantom^Spine", "PHANTOM1"
+        ds.PatientBirthDate, ds.PatientSex = "19500101", "O"
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240102"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+        ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = "A1", "S1", ""
+        ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "CT", "test", 3, n + 1
+        ds.PatientPosition, ds.Laterality, ds.PositionReferenceIndicator = "HFS", None, ""
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageOrientationPatient = [f"{v:g}" for v in iop]
+        pos = origin + normal * slice_step * (n_slices - 1 - n)
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in pos]
+        ds.SliceLocation = f"{float(normal @ pos):.4f}"
+        ds.PixelSpacing = [f"{v:g}" for v in pixel_spacing]
+        ds.SliceThickness = f"{slice_step:g}"
+        ds.KVP, ds.AcquisitionNumber = "120", 1
+        ds.Rows, ds.Columns = rows, columns
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
+        pixels = (np.arange(rows * columns, dtype=np.int16).reshape(rows, columns) + 10 * n)
+        ds.PixelData = pixels.tobytes()
+        path = folder / f"{n:02d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def two_level_labels(shape: tuple[int, int, int]) -> np.ndarray:
+    """L1 (20) in the lower half of the slices, T12 (19) above it, an unnamed one at the top.
+
+    The boxes are asymmetric in i and j so any transposition or flip would be caught.
+    """
+    ni, nj, nk = shape
+    lab = np.zeros(shape, dtype=np.uint8)
+    lab[1 : ni // 2, 2 : nj - 3, : max(nk // 2, 1)] = 20
+    lab[ni // 3 : ni - 2, 1 : nj // 2, nk // 2 :] = 19
+    if nk >= 6:
+        lab[0:3, nj - 3 : nj, nk - 1] = 101  # touches the image edge, top slice
+    return lab
+
+
+def seg_to_label_map(seg, info: SeriesInfo) -> np.ndarray:
+    """Decode a SEG back to an ``[i, j, k]`` label map on the source grid."""
+    import highdicom as hd
+
+    if not isinstance(seg, hd.seg.Segmentation):
+        seg = hd.seg.Segmentation.from_dataset(seg)
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=info.sop_instance_uids,
+        combine_segments=True,
+        assert_missing_frames_are_empty=True,
+    )  # (k, rows, columns) of segment numbers
+    values = {int(s.SegmentNumber): _value_of(str(s.SegmentLabel)) for s in seg.SegmentSequence}
+    lut = np.zeros(max(values) + 1, dtype=np.uint8)
+    for number, value in values.items():
+        lut[number] = value
+    return lut[pixels].transpose(2, 1, 0)
+
+
+def _value_of(name: str) -> int:
+    if name in coding.LEVEL_BY_NAME:
+        return coding.LEVEL_BY_NAME[name].value
+    return coding.UNIDENTIFIED_BASE + int(name.removeprefix("vertebra")) - 1
+
+
+def assert_valid(path: Path) -> list[str]:
+    errors, warnings_ = dciodvfy_report(path)
+    assert errors == [], "\n".join(errors)
+    return warnings_
+
+
+# --- tests ----------------------------------------------------------------------------------
+@pytest.fixture
+def synthetic(tmp_path):
+    write_synthetic_series(tmp_path / "ct")
+    ct, info = load_series(tmp_path / "ct")
+    return ct, info
+
+
+def test_synthetic_frames_land_on_the_right_voxels(synthetic, tmp_path):
+    import highdicom as hd
+
+    ct, info = synthetic
+    # the series is stored descending with a flipped orientation: slice 0 is the last file
+    assert Path(info.files[0]).name == "11.dcm"
+    lab = two_level_labels(ct.array.shape)
+    labels = Volume(lab, ct.affine)
+    path = write_seg(labels, info, ALGORITHM, tmp_path / "out" / "seg.dcm")
+    seg = hd.seg.segread(path)
+    np.testing.assert_array_equal(seg_to_label_map(seg, info), lab)
+
+    # independently of source references: the SEG's own geometry puts every voxel in place
+    vol = seg.get_volume(combine_segments=True)
+    seg_values = {int(s.SegmentNumber): _value_of(s.SegmentLabel) for s in seg.SegmentSequence}
+    ours = np.linalg.inv(LPS_TO_RAS @ ct.affine) @ vol.affine  # hd voxel index -> our index
+    idx = np.indices(vol.array.shape).reshape(3, -1)
+    mapped = ours[:3, :3] @ idx + ours[:3, 3:4]
+    np.testing.assert_allclose(mapped, np.round(mapped), atol=1e-3)
+    i, j, k = np.round(mapped).astype(int)
+    decoded = np.vectorize(lambda n: seg_values.get(int(n), 0))(vol.array.reshape(-1))
+    np.testing.assert_array_equal(decoded, lab[i, j, k])
+    assert (decoded > 0).sum() == (lab > 0).sum()
+
+
+def test_segment_descriptions_and_order(synthetic, tmp_path):
+    import highdicom as hd
+
+    ct, info = synthetic
+    lab = two_level_labels(ct.array.shape)
+    seg = build_seg(Volume(lab, ct.affine), info, ALGORITHM)
+    segs = list(seg.SegmentSequence)
+    # cranio-caudal: the unnamed vertebra at the top slice, then T12, then L1
+    assert [s.SegmentLabel for s in segs] == ["vertebra1", "T12", "L1"]
+    assert [int(s.SegmentNumber) for s in segs] == [1, 2, 3]
+    t12 = segs[1]
+    cat = t12.SegmentedPropertyCategoryCodeSequence[0]
+    assert (cat.CodeValue, cat.CodingSchemeDesignator) == ("123037004", "SCT")
+    typ = t12.SegmentedPropertyTypeCodeSequence[0]
+    assert (typ.CodeValue, typ.CodeMeaning) == ("23215003", "T12 vertebra")
+    assert segs[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "51282000"
+    assert t12.SegmentAlgorithmType == "AUTOMATIC"
+    alg = t12.SegmentationAlgorithmIdentificationSequence[0]
+    assert alg.AlgorithmName == "spine-idc classical" and alg.AlgorithmVersion == "0.1.0"
+    assert alg.AlgorithmFamilyCodeSequence[0].CodeValue == "123104"  # Morphological Operations
+    assert alg.AlgorithmParameters == "erosion_mm=3.0"
+    # highdicom converts the table's sRGB colour to DICOM-scaled CIELab; it converts back
+    lab_colour = hd.color.CIELabColor.from_dicom_value(tuple(t12.RecommendedDisplayCIELabValue))
+    np.testing.assert_allclose(lab_colour.to_rgb(), coding.LEVEL_BY_NAME["T12"].rgb, atol=1)
+    assert seg.ContentLabel == "VERTEBRAE" and seg.SeriesNumber == 901
+    assert seg.SegmentationType == "BINARY" and seg.Modality == "SEG"
+    assert seg.FrameOfReferenceUID == info.frame_of_reference_uid
+    # empty frames are omitted: every frame holds some segment pixels
+    assert int(seg.NumberOfFrames) == sum(
+        int((lab[:, :, k] == v).any()) for k in range(lab.shape[2]) for v in (19, 20, 101)
+    )
+
+
+def test_uids_are_deterministic(synthetic):
+    ct, info = synthetic
+    labels = Volume(two_level_labels(ct.array.shape), ct.affine)
+    a, b = build_seg(labels, info, ALGORITHM), build_seg(labels, info, ALGORITHM)
+    assert a.SOPInstanceUID == b.SOPInstanceUID and a.SeriesInstanceUID == b.SeriesInstanceUID
+    assert a.SOPInstanceUID != a.SeriesInstanceUID
+    assert a.SegmentSequence[0].TrackingUID == b.SegmentSequence[0].TrackingUID
+    other = build_seg(labels, info, AlgorithmInfo(version="0.2.0"))
+    assert other.SOPInstanceUID != a.SOPInstanceUID
+    assert deterministic_uid("x", "y") == deterministic_uid("x", "y") != deterministic_uid("x")
+
+
+def test_repaired_uids_are_used_for_blank_source_uids(tmp_path):
+    import dataclasses
+
+    write_synthetic_series(tmp_path / "ct", blank_uids=True)
+    ct, blank = load_series(tmp_path / "ct", pixels=False)
+    assert set(blank.sop_instance_uids) == {""}
+    info = dataclasses.replace(  # what the converter derives when asked to repair
+        blank, series_key="repaired", uids_repaired=True,
+        series_instance_uid=deterministic_uid("series"),
+        study_instance_uid=deterministic_uid("study"),
+        sop_instance_uids=[deterministic_uid("sop", k) for k in range(len(blank.files))],
+    )
+    lab = two_level_labels(ct.array.shape)
+    path = write_seg(Volume(lab, ct.affine), info, ALGORITHM, tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(path)
+    assert seg.StudyInstanceUID == info.study_instance_uid
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == info.series_instance_uid
+    np.testing.assert_array_equal(seg_to_label_map(seg, info), lab)
+    assert_valid(path)
+    # without the repair flag the blank UIDs do not match series.json: a clear error
+    with pytest.raises(SeriesError, match="SOPInstanceUID"):
+        build_seg(Volume(lab, ct.affine), dataclasses.replace(info, uids_repaired=False),
+                  ALGORITHM)
+
+
+def test_geometry_mismatch_is_a_clear_error(synthetic):
+    ct, info = synthetic
+    lab = two_level_labels(ct.array.shape)
+    flipped = ct.affine.copy()
+    flipped[:3, 2] *= -1  # slices in the wrong order
+    with pytest.raises(SeriesError, match="does not match source slice") as exc:
+        build_seg(Volume(lab, flipped), info, ALGORITHM)
+    assert exc.value.reason == "seg-geometry-mismatch"
+    with pytest.raises(SeriesError, match="slices"):
+        build_seg(Volume(lab[:, :, :-1], ct.affine), info, ALGORITHM)
+    with pytest.raises(SeriesError, match="pixels"):
+        build_seg(Volume(lab.transpose(1, 0, 2).copy(), ct.affine), info, ALGORITHM)
+    with pytest.raises(SeriesError) as exc:
+        build_seg(Volume(np.zeros_like(lab), ct.affine), info, ALGORITHM)
+    assert exc.value.reason == "empty-segmentation"
+
+
+def test_synthetic_seg_passes_dciodvfy(synthetic, tmp_path):
+    ct, info = synthetic
+    path = write_seg(Volume(two_level_labels(ct.array.shape), ct.affine), info, ALGORITHM,
+                     tmp_path / "seg.dcm")
+    assert_valid(path)
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not CT3.is_dir(), reason=f"real test data not found at {CT3}")
+def test_real_ct3_seg(tmp_path):
+    import highdicom as hd
+
+    ct, info = load_series(CT3)
+    assert ct.array.shape == (512, 512, 3)
+    lab = np.zeros(ct.array.shape, dtype=np.uint8)
+    lab[200:260, 250:300, :] = 23  # L4 on all three slices
+    lab[300:340, 240:310, 1:] = 24  # L5 on the two upper ones
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the source's one-component patient name
+        path = write_seg(Volume(lab, ct.affine), info, ALGORITHM, tmp_path / "seg.dcm")
+    seg = hd.seg.segread(path)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["L4", "L5"]
+    assert seg.StudyInstanceUID == info.study_instance_uid
+    assert seg.FrameOfReferenceUID == info.frame_of_reference_uid
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == info.series_instance_uid
+    np.testing.assert_array_equal(seg_to_label_map(seg, info), lab)
+    warns = assert_valid(path)
+    assert all("Patient's Name" in w for w in warns), warns  # inherited from the source only
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not TS.is_dir(), reason=f"real test data not found at {TS}")
+def test_real_blank_uid_series_with_repaired_uids(tmp_path):
+    """The JPEG 2000 series with blank Study/Series/SOP Instance *and* SOP Class UIDs."""
+    import dataclasses
+
+    ct, info = load_series(TS, pixels=False)  # headers only: the pixels are JPEG 2000
+    assert info.series_instance_uid == "" and info.sop_class_uid == ""
+    info = dataclasses.replace(
+        info, series_key="ts_t11_t12", uids_repaired=True, sop_class_uid=CTImageStorage,
+        series_instance_uid=deterministic_uid("test", "series"),
+        study_instance_uid=deterministic_uid("test", "study"),
+        sop_instance_uids=[deterministic_uid("test", k) for k in range(len(info.files))],
+    )
+    lab = np.zeros(ct.array.shape, dtype=np.uint8)
+    lab[200:300, 250:330, 2:12] = 19  # T12
+    lab[200:300, 250:330, 12:19] = 18  # T11
+    path = write_seg(Volume(lab, ct.affine), info, ALGORITHM, tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(path)
+    assert seg.StudyInstanceUID == info.study_instance_uid
+    np.testing.assert_array_equal(seg_to_label_map(seg, info), lab)
+    assert_valid(path)
