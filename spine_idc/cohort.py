@@ -25,10 +25,7 @@ FAILURE_COLUMNS = [
 
 
 def _vertebra_flags(qc: dict, label_value: int) -> list[str]:
-    for vert in qc.get("vertebrae", []):
-        if int(vert.get("label_value", -1)) == label_value:
-            return list(vert.get("flags", []))
-    return []
+    return list(qc.get("flags", {}).get(str(label_value), []))
 
 
 def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], list[dict]]:

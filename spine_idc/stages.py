@@ -158,7 +158,16 @@ def write_sr(converted: Path, measurements: Path, seg: Path, out: Path) -> None:
     record = json.loads(Path(measurements).read_text())
     results = [VertebraMeasurement(**_tuples(m)) for m in record["measurements"]]
     seg_ds = pydicom.dcmread(seg, stop_before_pixels=True)
-    _write_sr(results, seg_ds, info, _algorithm(record["qc"]), out, qc=record["qc"])
+    _write_sr(results, seg_ds, info, _algorithm(record["qc"]), out, qc=series_qc(record["qc"]))
+
+
+def series_qc(qc: dict) -> dict[str, bool]:
+    """Series-level QC answers for the SR from the segmenter's QC record."""
+    from .coding import LEVEL_BY_NAME
+
+    named = [LEVEL_BY_NAME[n].index for n in qc.get("levels", []) if n in LEVEL_BY_NAME]
+    contiguous = bool(named) and named == list(range(named[0], named[0] + len(named)))
+    return {"spine_found": bool(qc.get("levels")), "labels_contiguous": contiguous}
 
 
 def _tuples(m: dict) -> dict:

@@ -1,0 +1,65 @@
+"""The cohort table is driven by the manifest: every series ends in rows or in a failure."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from spine_idc import layout
+from spine_idc.cohort import write_cohort
+from spine_idc.errors import InvalidSeriesError, SpineIdcError
+from spine_idc.manifest import ManifestRow, write_manifest
+from spine_idc.outcome import Failure, write_failure
+
+
+def _row(key):
+    return ManifestRow(key, key, "1.2.3", "P", "CT", "", 20, "local", "x.files")
+
+
+def _measurement(level, value):
+    return {"level": level, "label_value": value, "voxel_count": 10, "volume_ml": 30.0,
+            "trabecular_mean_hu": 180.0, "trabecular_median_hu": 178.0, "trabecular_voxels": 500,
+            "centroid_lps_mm": [1.0, 2.0, 3.0], "body_height_anterior_mm": 25.0,
+            "body_height_middle_mm": 24.0, "body_height_posterior_mm": 26.0,
+            "height_ratio": 0.92, "touches_border": False}
+
+
+def test_rows_and_failures(tmp_path):
+    ok, bad_convert, bad_segment = "1.2.3.1", "1.2.3.2", "1.2.3.3"
+    write_manifest([_row(ok), _row(bad_convert), _row(bad_segment)], tmp_path / "m.tsv")
+    layout.path("convert", ok, tmp_path).mkdir(parents=True)
+    layout.path("segment", ok, tmp_path).mkdir(parents=True)
+    record = {"series_key": ok, "series_instance_uid": ok, "study_instance_uid": "1.2.3",
+              "measurements": [_measurement("L1", 20), _measurement("L2", 21)],
+              "qc": {"flags": {"21": ["implausible-size"]}}}
+    measured = layout.path("measure", ok, tmp_path)
+    measured.parent.mkdir(parents=True)
+    measured.write_text(json.dumps(record))
+    err = InvalidSeriesError(bad_convert, "missing-slices", "2 slices missing", path="a.dcm")
+    write_failure(layout.path("convert", bad_convert, tmp_path), Failure.from_error("convert", err))
+    layout.path("convert", bad_segment, tmp_path).mkdir(parents=True)
+    err = InvalidSeriesError(bad_segment, "no-spine", "no vertebra found")
+    write_failure(layout.path("segment", bad_segment, tmp_path), Failure.from_error("segment", err))
+
+    out = tmp_path / "cohort"
+    n, failed = write_cohort(tmp_path / "m.tsv", out / "m.parquet", out / "m.csv", out / "f.csv",
+                             root=tmp_path)
+    assert (n, failed) == (2, 2)
+    table = pd.read_parquet(out / "m.parquet")
+    assert list(table["level"]) == ["L1", "L2"]
+    assert list(table["qc_flags"]) == ["", "implausible-size"]
+    assert list(table["qc_pass"]) == [True, False]
+    assert table["seg_path"].iloc[0] == f"results/series/{ok}/seg.dcm"
+    fails = pd.read_csv(out / "f.csv", dtype=str).set_index("series_key")
+    assert fails.loc[bad_convert, "reason"] == "missing-slices"
+    assert fails.loc[bad_convert, "stage"] == "convert"
+    assert fails.loc[bad_convert, "path"] == "a.dcm"
+    assert fails.loc[bad_segment, "stage"] == "segment"
+    assert pd.read_csv(out / "m.csv").shape[0] == 2
+
+
+def test_series_without_outcome_is_an_error(tmp_path):
+    write_manifest([_row("1.2.3.1")], tmp_path / "m.tsv")
+    with pytest.raises(SpineIdcError, match="neither measurements nor a failure"):
+        write_cohort(tmp_path / "m.tsv", tmp_path / "a.parquet", tmp_path / "a.csv",
+                     tmp_path / "f.csv", root=tmp_path)
