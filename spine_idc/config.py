@@ -37,12 +37,45 @@ def _fill_defaults(instance: dict, schema: dict) -> None:
             _fill_defaults(instance[key], sub)
 
 
+def _coerce(value: Any, kind: str | None) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        if kind == "integer":
+            return int(value)
+        if kind == "number":
+            return float(value)
+    except ValueError:
+        return value
+    if kind == "boolean" and value.lower() in {"true", "false"}:
+        return value.lower() == "true"
+    return value
+
+
+def coerce_types(instance: dict, schema: dict | None = None) -> dict:
+    """Turn strings into the numbers and booleans the schema asks for, in place.
+
+    Snakemake parses nested ``--config key={'a': 2}`` values with YAML's BaseLoader, so they
+    arrive as strings; without this, ``--config phantom={'count': 2}`` would be rejected.
+    """
+    schema = schema or load_schema("config")
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance:
+            continue
+        if isinstance(instance[key], dict) and sub.get("type") == "object":
+            coerce_types(instance[key], sub)
+        else:
+            instance[key] = _coerce(instance[key], sub.get("type"))
+    return instance
+
+
 def validate_config(raw: dict | None) -> dict:
     """Return a copy of ``raw`` with defaults filled in, or raise :class:`ConfigError`."""
     import jsonschema
 
     data = copy.deepcopy(raw or {})
     schema = load_schema("config")
+    coerce_types(data, schema)
     _fill_defaults(data, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))

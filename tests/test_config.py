@@ -94,3 +94,11 @@ def test_import_is_cheap():
     code = "import sys, spine_idc; print(any(m in sys.modules for m in ('torch', 'highdicom', 'scipy')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+def test_nested_command_line_values_are_coerced():
+    data = validate_config({"phantom": {"count": "2", "size": "test"}, "convert": {"repair_blank_uids": "true"}})
+    assert data["phantom"]["count"] == 2
+    assert data["convert"]["repair_blank_uids"] is True
+    with pytest.raises(ConfigError):
+        validate_config({"phantom": {"count": "two"}})
