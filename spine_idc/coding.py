@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from highdicom.sr import CodedConcept  # noqa: F401  (re-exported for callers' convenience)
 from pydicom.sr.coding import Code
 
 

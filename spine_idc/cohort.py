@@ -24,6 +24,15 @@ FAILURE_COLUMNS = [
 ]
 
 
+MEASUREMENT_COLUMNS = [
+    "series_key", "series_instance_uid", "study_instance_uid", "patient_id", "level",
+    "label_value", "voxel_count", "volume_ml", "trabecular_mean_hu", "trabecular_median_hu",
+    "trabecular_voxels", "body_height_anterior_mm", "body_height_middle_mm",
+    "body_height_posterior_mm", "height_ratio", "touches_border", "centroid_x_mm",
+    "centroid_y_mm", "centroid_z_mm", "identified", "qc_flags", "qc_pass", "seg_path", "sr_path",
+]
+
+
 def _vertebra_flags(qc: dict, label_value: int) -> list[str]:
     return list(qc.get("flags", {}).get(str(label_value), []))
 
@@ -84,7 +93,7 @@ def write_cohort(
     import pandas as pd
 
     rows, failures = gather(manifest, root)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
     fails = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
     with atomic_path(parquet, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)

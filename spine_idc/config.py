@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shlex
 from importlib import resources
 from pathlib import Path
@@ -44,7 +45,8 @@ def _coerce(value: Any, kind: str | None) -> Any:
         if kind == "integer":
             return int(value)
         if kind == "number":
-            return float(value)
+            number = float(value)
+            return number if math.isfinite(number) else value  # NaN would pass min/max checks
     except ValueError:
         return value
     if kind == "boolean" and value.lower() in {"true", "false"}:
@@ -69,6 +71,14 @@ def coerce_types(instance: dict, schema: dict | None = None) -> dict:
     return instance
 
 
+def _reject_non_finite(data: Any, where: str = "") -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _reject_non_finite(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, float) and not math.isfinite(data):
+        raise ConfigError(f"invalid configuration: {where} is {data}, not a finite number")
+
+
 def validate_config(raw: dict | None) -> dict:
     """Return a copy of ``raw`` with defaults filled in, or raise :class:`ConfigError`."""
     import jsonschema
@@ -76,6 +86,7 @@ def validate_config(raw: dict | None) -> dict:
     data = copy.deepcopy(raw or {})
     schema = load_schema("config")
     coerce_types(data, schema)
+    _reject_non_finite(data)
     _fill_defaults(data, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
@@ -164,10 +175,14 @@ def section_json(config: dict, section: str) -> str:
     return shlex.quote(json.dumps(config[section], sort_keys=True))
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
+
+
 def parse_section(text: str, section: str) -> dict:
     """Inverse of :func:`section_json`, validated against that section's schema."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError) as e:
         raise ConfigError(f"--options for {section} is not valid JSON: {e}") from e
     return validate_config({section: value})[section]

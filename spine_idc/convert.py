@@ -5,7 +5,7 @@ missing or duplicated slices, tilted or mixed geometry, scouts, blank UIDs) rais
 :class:`~spine_idc.errors.InvalidSeriesError` with a stable ``reason``:
 
 ``unreadable``, ``not-ct``, ``localizer``, ``multi-frame``, ``mixed-series``, ``blank-uid``,
-``duplicate-uid``, ``missing-geometry``, ``mixed-geometry``, ``too-few-slices``,
+``duplicate-uid``, ``duplicate-position``, ``bad-rescale``, ``missing-geometry``, ``mixed-geometry``, ``too-few-slices``,
 ``gantry-tilt``, ``missing-slices``, ``irregular-spacing``.
 
 The volume follows the conventions of :mod:`spine_idc.volume`: ``array[i, j, k]`` = column
@@ -82,14 +82,38 @@ class _Slice:
 
 
 def _text(ds, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return "" if value is None else str(value).strip()
+    # pydicom converts values lazily: a malformed element raises on access, not in dcmread,
+    # and must read as absent (then checked like a missing value) rather than crash.
+    try:
+        value = ds.get(keyword, "")
+        return "" if value is None else str(value).strip()
+    except Exception:
+        return ""
+
+
+def _int(ds, keyword: str, default: int) -> int | None:
+    """An integer attribute; ``None`` if present but malformed."""
+    try:
+        value = ds.get(keyword)
+        return default if value in (None, "") else int(value)
+    except Exception:
+        return None
+
+
+def _image_type(ds) -> list[str]:
+    try:
+        value = ds.get("ImageType") or []
+    except Exception:
+        return []
+    # A single-valued ImageType is a str; iterating it would give characters.
+    values = [value] if isinstance(value, str) else list(value)
+    return [str(v).strip().upper() for v in values]
 
 
 def _number(ds, keyword: str) -> float | None:
     try:
         value = float(ds.get(keyword))
-    except (TypeError, ValueError):
+    except Exception:  # absent, malformed, or a value pydicom cannot convert
         return None
     return value if np.isfinite(value) else None
 
@@ -97,7 +121,7 @@ def _number(ds, keyword: str) -> float | None:
 def _floats(ds, keyword: str, n: int) -> np.ndarray | None:
     try:
         value = np.asarray([float(v) for v in ds.get(keyword) or []], dtype=float)
-    except (TypeError, ValueError):
+    except Exception:
         return None
     return value if value.shape == (n,) and np.all(np.isfinite(value)) else None
 
@@ -135,7 +159,7 @@ def _check_kind(slices: list[_Slice], fail) -> tuple[str, list[str]]:
     """Reject localizers, non-CT and multi-frame files; return the SOP class and warnings."""
     notes = []
     for s in slices:
-        image_type = [str(v).upper() for v in (s.ds.get("ImageType") or [])]
+        image_type = _image_type(s.ds)
         if "LOCALIZER" in image_type:
             fail("localizer", f"ImageType {'/'.join(image_type)} marks a localizer (scout)", s.path)
     first_class = ""
@@ -154,7 +178,10 @@ def _check_kind(slices: list[_Slice], fail) -> tuple[str, list[str]]:
 
             name = UID(sop_class).name if sop_class else "blank"
             fail("not-ct", f"SOP class is {name} ({sop_class}), not CT Image Storage", s.path)
-        if sop_class in ENHANCED_CT_STORAGES or int(s.ds.get("NumberOfFrames") or 1) > 1:
+        frames = _int(s.ds, "NumberOfFrames", 1)
+        if frames is None:
+            fail("unreadable", "NumberOfFrames is malformed", s.path)
+        if sop_class in ENHANCED_CT_STORAGES or frames > 1:
             fail("multi-frame", "multi-frame (Enhanced) CT is not supported yet", s.path)
         first_class = first_class or sop_class
     return first_class, notes
@@ -216,7 +243,10 @@ def _geometry(slices: list[_Slice], fail) -> tuple[np.ndarray, np.ndarray, tuple
             fail("missing-geometry", f"ImageOrientationPatient {iop.tolist()} is not two unit "
                  f"orthogonal vectors or PixelSpacing {ps.tolist()} is not positive", s.path)
         s.iop, s.ps, s.ipp = iop, ps, ipp
-        s.shape = (int(s.ds.get("Rows") or 0), int(s.ds.get("Columns") or 0))
+        rows, cols = _int(s.ds, "Rows", 0), _int(s.ds, "Columns", 0)
+        if not rows or not cols:
+            fail("missing-geometry", "Rows or Columns is missing or malformed", s.path)
+        s.shape = (rows, cols)
 
     def signature(s):
         return s.shape, tuple(np.round(s.ps, 3)), tuple(np.round(s.iop, 3))
@@ -257,7 +287,7 @@ def _positions(slices, iop, ps, opts: ConvertOptions, fail):
         return n * spacing, [f"single slice: slice spacing {spacing} mm taken from the header"]
     steps = np.diff(d)
     for k in np.flatnonzero(steps < 0.01):
-        fail("duplicate-uid", f"two slices at the same position {d[k]:.3f} mm along the "
+        fail("duplicate-position", f"two slices at the same position {d[k]:.3f} mm along the "
              f"normal: this file and {slices[k].path}", slices[k + 1].path)
     offsets = np.array([s.ipp - slices[0].ipp for s in slices])
     perp = np.linalg.norm(offsets - np.outer(offsets @ n, n), axis=1)
@@ -304,11 +334,26 @@ def _decoder_problem(ts) -> str | None:
             f"adds it: {packages}")
 
 
+def _rescale(s: _Slice, fail) -> tuple[float, float]:
+    """RescaleSlope/Intercept of one slice; absent means identity, malformed is an error."""
+    out = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        if keyword not in s.ds:
+            logger.warning("%s: no %s, using %g", s.path, keyword, default)
+            out.append(default)
+            continue
+        value = _number(s.ds, keyword)
+        if value is None or (keyword == "RescaleSlope" and value == 0):
+            fail("bad-rescale", f"{keyword} is {_text(s.ds, keyword)!r}: HU cannot be computed",
+                 s.path)
+        out.append(value)
+    return out[0], out[1]
+
+
 def _decode(slices: list[_Slice], shape: tuple[int, int], fail) -> np.ndarray:
     """Decode and rescale to HU: int16 when exact, float32 otherwise."""
     checked = {}
-    rescale = [(_number(s.ds, "RescaleSlope") or 1.0, _number(s.ds, "RescaleIntercept") or 0.0)
-               for s in slices]
+    rescale = [_rescale(s, fail) for s in slices]
     integral = all(a.is_integer() and b.is_integer() for a, b in rescale)
     out = np.empty((shape[1], shape[0], len(slices)), dtype=np.int16 if integral else np.float32)
     for k, (s, (slope, intercept)) in enumerate(zip(slices, rescale)):

@@ -58,14 +58,22 @@ def deterministic_uid(*parts: str) -> str:
 
 def output_uid(info: SeriesInfo, algorithm: AlgorithmInfo, kind: str, what: str) -> str:
     """UID of an output (``kind`` "seg"/"sr", ``what`` "series"/"instance"/...) of a series."""
+    # Parameters are part of the identity: a run with other settings is another object.
+    params = sorted(f"{k}={v}" for k, v in algorithm.parameters.items())
     return deterministic_uid(
-        info.series_instance_uid, algorithm.name, algorithm.version, kind, what
+        info.series_instance_uid, algorithm.name, algorithm.version, *params, kind, what
     )
 
 
 def tracking_uid(info: SeriesInfo, algorithm: AlgorithmInfo, level_name: str) -> str:
-    """Tracking UID of one vertebra: shared by the SEG segment and the SR measurement group."""
-    return output_uid(info, algorithm, "tracking", level_name)
+    """Tracking UID of one vertebra: shared by the SEG segment and the SR measurement group.
+
+    It names the finding (this vertebra of this series by this algorithm version), so unlike
+    the instance UIDs it does not change with parameters: the same vertebra stays tracked.
+    """
+    return deterministic_uid(
+        info.series_instance_uid, algorithm.name, algorithm.version, "tracking", level_name
+    )
 
 
 def read_source_headers(info: SeriesInfo) -> list:
@@ -95,8 +103,8 @@ def read_source_headers(info: SeriesInfo) -> list:
             ds.StudyInstanceUID = info.study_instance_uid
             ds.SeriesInstanceUID = info.series_instance_uid
             ds.SOPInstanceUID = info.sop_instance_uids[k]
-            if not ds.get("FrameOfReferenceUID"):
-                ds.FrameOfReferenceUID = info.frame_of_reference_uid
+            # Repair covers invalid (not just blank) UIDs: take the repaired one in every case.
+            ds.FrameOfReferenceUID = info.frame_of_reference_uid
         elif ds.get("SOPInstanceUID") != info.sop_instance_uids[k]:
             raise SeriesError(
                 info.series_key, "source-mismatch",

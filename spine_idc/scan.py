@@ -132,8 +132,22 @@ class _Header:
 
 
 def _text(ds, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return "" if value is None else str(value).strip()
+    # pydicom converts values lazily, so a malformed element raises here, not in dcmread.
+    # The file still belongs to its series: the converter reports it with a reason.
+    try:
+        value = ds.get(keyword, "")
+        return "" if value is None else str(value).strip()
+    except Exception as exc:
+        logger.debug("malformed %s: %s", keyword, exc)
+        return ""
+
+
+def _int(ds, keyword: str) -> int:
+    try:
+        return int(ds.get(keyword) or 0)
+    except Exception as exc:
+        logger.debug("malformed %s: %s", keyword, exc)
+        return 0
 
 
 def _read_header(path: str, folder: str) -> _Header | None:
@@ -169,8 +183,8 @@ def _read_header(path: str, folder: str) -> _Header | None:
         modality=_text(ds, "Modality"),
         sop_class_uid=sop_class,
         description=_text(ds, "SeriesDescription"),
-        rows=int(ds.get("Rows") or 0),
-        columns=int(ds.get("Columns") or 0),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
     )
 
 

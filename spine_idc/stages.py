@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import layout
 from .atomic import atomic_dir, write_text
-from .errors import SeriesError, SpineIdcError
+from .errors import SegmentationError, SeriesError, SpineIdcError
 from .outcome import Failure, read_failure, write_failure
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,20 @@ log = logging.getLogger(__name__)
 
 def _record(stage: str, folder: Path, err: SeriesError) -> Failure:
     log.error("%s failed: %s", stage, err)
+    failure = Failure.from_error(stage, err)
+    write_failure(folder, failure)
+    return failure
+
+
+def _unexpected(stage: str, folder: Path, series_key: str, exc: Exception) -> Failure:
+    """Record an exception that no check anticipated, so one odd series cannot stop a cohort.
+
+    The traceback goes to the job's log; ``failures.csv`` gets the type and message, under a
+    reason that says it is unexpected (worth a bug report, unlike a recorded bad input).
+    """
+    log.exception("%s of series %s raised an unexpected error", stage, series_key)
+    err = SeriesError(series_key, f"{stage}-error", f"unexpected {type(exc).__name__}: {exc}",
+                      hint="see the job log for the traceback; please report it")
     failure = Failure.from_error(stage, err)
     write_failure(folder, failure)
     return failure
@@ -67,6 +81,8 @@ def convert(manifest: Path, series_key: str, options: dict, out_dir: Path) -> Fa
             volume, info = load_series(row.files(), series_key, ConvertOptions(**options))
         except SeriesError as err:
             return _record("convert", tmp, err)
+        except Exception as exc:  # noqa: BLE001 - recorded, see _unexpected
+            return _unexpected("convert", tmp, series_key, exc)
         write_converted(volume, info, tmp)
     log.info("series %s: converted %s voxels", series_key, "x".join(map(str, volume.array.shape)))
     return None
@@ -84,8 +100,12 @@ def segment(converted: Path, series_key: str, options: dict, out_dir: Path) -> F
     with atomic_dir(out_dir) as tmp:
         try:
             result = backend.segment(ct, series_key=series_key)
+            if not result.labels.array.any():
+                raise SegmentationError(series_key, "no-spine", "no vertebra was found")
         except SeriesError as err:
             return _record("segment", tmp, err)
+        except Exception as exc:  # noqa: BLE001 - recorded, see _unexpected
+            return _unexpected("segment", tmp, series_key, exc)
         write_nifti(result.labels, tmp / layout.LABELS)
         write_nifti(result.bodies, tmp / layout.BODIES)
         qc = result.qc.to_dict()
@@ -121,20 +141,19 @@ def measure(converted: Path, segmented: Path, options: dict, out: Path) -> None:
         "study_instance_uid": info.study_instance_uid,
         "patient_id": info.patient_id,
         "measurements": [dataclasses.asdict(m) for m in results],
+        "measure_options": options,
         "qc": qc,
     }
     write_text(out, json.dumps(record, indent=2))
 
 
-def _algorithm(qc: dict):
+def _algorithm(qc: dict, measure_options: dict | None = None):
     from .dicom_seg import AlgorithmInfo
 
     algo = qc["algorithm"]
-    return AlgorithmInfo(
-        name=f"spine-idc {algo['name']}",
-        version=algo["version"],
-        parameters={k: str(v) for k, v in algo.get("parameters", {}).items()},
-    )
+    params = {k: str(v) for k, v in algo.get("parameters", {}).items()}
+    params.update({f"measure.{k}": str(v) for k, v in (measure_options or {}).items()})
+    return AlgorithmInfo(name=f"spine-idc {algo['name']}", version=algo["version"], parameters=params)
 
 
 def write_seg(converted: Path, segmented: Path, out: Path) -> None:
@@ -158,7 +177,8 @@ def write_sr(converted: Path, measurements: Path, seg: Path, out: Path) -> None:
     record = json.loads(Path(measurements).read_text())
     results = [VertebraMeasurement(**_tuples(m)) for m in record["measurements"]]
     seg_ds = pydicom.dcmread(seg, stop_before_pixels=True)
-    _write_sr(results, seg_ds, info, _algorithm(record["qc"]), out, qc=series_qc(record["qc"]))
+    _write_sr(results, seg_ds, info, _algorithm(record["qc"], record.get("measure_options")), out,
+              qc=series_qc(record["qc"]))
 
 
 def series_qc(qc: dict) -> dict[str, bool]:

@@ -173,7 +173,7 @@ def test_two_slices_at_one_position(series):
     twin = series[0].with_name("twin")
     shutil.copy(series[7], twin)
     edit(twin, SOPInstanceUID=pydicom.uid.generate_uid())
-    err = fails(series + [twin], "duplicate-uid", [series[7], twin])
+    err = fails(series + [twin], "duplicate-position", [series[7], twin])
     assert "same position" in str(err)
 
 
@@ -341,3 +341,51 @@ def test_real_three_slice_series():
     ipp_first = np.array([float(v) for v in pydicom.dcmread(info.files[0]).ImagePositionPatient])
     np.testing.assert_allclose(voxel_to_lps(vol, [0, 0, 0]), ipp_first, atol=1e-5)
     assert info.files[0].endswith("03.dcm")  # lowest z first, not InstanceNumber order
+
+
+# --- malformed values: recorded as reasons, never a crash ------------------------------------
+
+
+
+
+def _patch(path, keyword, text: bytes):
+    """Overwrite an element's stored bytes in place (same length), as a broken exporter might."""
+    raw = pydicom.dcmread(path).get_item(keyword)
+    data = bytearray(path.read_bytes())
+    data[raw.value_tell: raw.value_tell + raw.length] = text.ljust(raw.length, b" ")[: raw.length]
+    path.write_bytes(bytes(data))
+
+
+def test_malformed_rescale_is_rejected_not_guessed(series):
+    _patch(series[3], "RescaleIntercept", b"abc")
+    fails(series, "bad-rescale", series[3])
+
+
+def test_zero_slope_is_rejected(series):
+    edit(series[5], RescaleSlope=0)
+    fails(series, "bad-rescale", series[5])
+
+
+def test_single_valued_image_type_localizer(series):
+    for f in series:
+        edit(f, ImageType="LOCALIZER")
+    fails(series, "localizer", series)
+
+
+def test_malformed_number_of_frames_is_reported(series):
+    edit(series[2], NumberOfFrames=1)
+    _patch(series[2], "NumberOfFrames", b"x")
+    err = fails(series, "unreadable", series[2])
+    assert "NumberOfFrames" in str(err)
+
+
+def test_malformed_rows_is_reported_and_scan_keeps_the_file(series):
+    from spine_idc.scan import scan_folder
+
+    data = bytearray(series[4].read_bytes())
+    raw = pydicom.dcmread(series[4]).get_item("Rows")
+    data[raw.value_tell: raw.value_tell + 2] = b"\x00\x00"  # Rows = 0
+    series[4].write_bytes(bytes(data))
+    (found,) = scan_folder(series[0].parent)
+    assert found.n_files == len(series)
+    fails(series, "missing-geometry", series[4])
