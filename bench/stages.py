@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from spine_idc import layout, stages
-from spine_idc.config import validate_config
+from spine_idc.config import Config
 from spine_idc.manifest import ManifestRow, write_manifest
 from spine_idc.phantom import spec_for_seed, write_phantom
 from spine_idc.scan import scan_folder
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--size", default="realistic", choices=["test", "realistic"])
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
-    cfg = validate_config({})
+    cfg = Config.from_dict({})
     spec = spec_for_seed(args.seed, size=args.size)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -66,10 +66,10 @@ def main() -> None:
         meas, seg, sr = root / "m.json", root / "seg.dcm", root / "sr.dcm"
         rows = [
             ("convert (DICOM -> NIfTI HU)",
-             timed(stages.convert, manifest, key, cfg["convert"], conv, repeat=args.repeat)),
+             timed(stages.convert, manifest, key, cfg.convert_options(), conv, repeat=args.repeat)),
             ("segment (classical, CPU)",
-             timed(stages.segment, conv, key, cfg["segment"], segd, repeat=args.repeat)),
-            ("measure", timed(stages.measure, conv, segd, cfg["measure"], meas, repeat=args.repeat)),
+             timed(stages.segment, conv, key, cfg.segment, segd, repeat=args.repeat)),
+            ("measure", timed(stages.measure, conv, segd, cfg.measure, meas, repeat=args.repeat)),
             ("DICOM SEG", timed(stages.write_seg, conv, segd, seg, repeat=args.repeat)),
             ("DICOM SR", timed(stages.write_sr, conv, meas, seg, sr, repeat=args.repeat)),
         ]

@@ -38,9 +38,7 @@ def _cmd_validate_config(args) -> int:
 def _cmd_phantoms(args) -> int:
     from .stages import make_phantoms
 
-    opts = args.options
-    seeds = list(range(opts["first_seed"], opts["first_seed"] + opts["count"]))
-    make_phantoms(seeds, opts["size"], args.out)
+    make_phantoms(args.options.seeds, args.options.size, args.out)
     return 0
 
 

@@ -166,6 +166,20 @@ class Config:
         return ConvertOptions(**self.convert)
 
 
+def _convert_options(**kwargs):
+    from .convert import ConvertOptions
+
+    return ConvertOptions(**kwargs)
+
+
+SECTION_TYPES = {
+    "phantom": PhantomConfig,
+    "convert": _convert_options,
+    "segment": SegmentConfig,
+    "measure": MeasureConfig,
+}
+
+
 def section_json(config: dict, section: str) -> str:
     """A config section as a shell-quoted JSON argument, for ``--options`` of a CLI verb.
 
@@ -179,10 +193,11 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not a finite number")
 
 
-def parse_section(text: str, section: str) -> dict:
-    """Inverse of :func:`section_json`, validated against that section's schema."""
+def parse_section(text: str, section: str):
+    """Inverse of :func:`section_json`: the section validated and as its typed record."""
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, ValueError) as e:
         raise ConfigError(f"--options for {section} is not valid JSON: {e}") from e
-    return validate_config({section: value})[section]
+    data = validate_config({section: value})[section]
+    return SECTION_TYPES[section](**data)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import layout
 from .atomic import atomic_dir, write_text
+from .config import MeasureConfig, SegmentConfig
 from .errors import SegmentationError, SeriesError, SpineIdcError
 from .outcome import Failure, read_failure, write_failure
 
@@ -67,9 +68,9 @@ def make_manifest(source: str, input_dir: Path, out: Path, file_lists: Path) -> 
     write_manifest(rows, out)
 
 
-def convert(manifest: Path, series_key: str, options: dict, out_dir: Path) -> Failure | None:
+def convert(manifest: Path, series_key: str, options, out_dir: Path) -> Failure | None:
     """DICOM series -> ``volume.nii.gz`` + ``series.json``, or ``failure.json``."""
-    from .convert import ConvertOptions, load_series, write_converted
+    from .convert import load_series, write_converted
     from .manifest import read_manifest
 
     rows = {r.series_key: r for r in read_manifest(manifest)}
@@ -78,7 +79,7 @@ def convert(manifest: Path, series_key: str, options: dict, out_dir: Path) -> Fa
     row = rows[series_key]
     with atomic_dir(out_dir) as tmp:
         try:
-            volume, info = load_series(row.files(), series_key, ConvertOptions(**options))
+            volume, info = load_series(row.files(), series_key, options)
         except SeriesError as err:
             return _record("convert", tmp, err)
         except Exception as exc:  # noqa: BLE001 - recorded, see _unexpected
@@ -88,15 +89,15 @@ def convert(manifest: Path, series_key: str, options: dict, out_dir: Path) -> Fa
     return None
 
 
-def segment(converted: Path, series_key: str, options: dict, out_dir: Path) -> Failure | None:
+def segment(converted: Path, series_key: str, options: SegmentConfig, out_dir: Path) -> Failure | None:
     """Volume -> vertebra label map, body map and QC record, or ``failure.json``."""
     from .segment import get_backend
     from .volume import read_nifti, write_nifti
 
     _require_success(converted, "convert")
     ct = read_nifti(converted / layout.VOLUME)
-    options = dict(options)
-    backend = get_backend(options.pop("backend"), **options)
+    params = {"spacing_mm": options.spacing_mm}
+    backend = get_backend(options.backend, **params)
     with atomic_dir(out_dir) as tmp:
         try:
             result = backend.segment(ct, series_key=series_key)
@@ -109,7 +110,7 @@ def segment(converted: Path, series_key: str, options: dict, out_dir: Path) -> F
         write_nifti(result.labels, tmp / layout.LABELS)
         write_nifti(result.bodies, tmp / layout.BODIES)
         qc = result.qc.to_dict()
-        qc["algorithm"] = {"name": backend.name, "version": backend.version, "parameters": options}
+        qc["algorithm"] = {"name": backend.name, "version": backend.version, "parameters": params}
         write_text(tmp / layout.QC, json.dumps(qc, indent=2))
     return None
 
@@ -118,7 +119,7 @@ def _qc(segmented: Path) -> dict:
     return json.loads((segmented / layout.QC).read_text())
 
 
-def measure(converted: Path, segmented: Path, options: dict, out: Path) -> None:
+def measure(converted: Path, segmented: Path, options: MeasureConfig, out: Path) -> None:
     """Per-vertebra measurements (and the QC flags that go with them) as JSON."""
     from .measure import measure_vertebrae
     from .volume import SeriesInfo, read_nifti
@@ -133,7 +134,7 @@ def measure(converted: Path, segmented: Path, options: dict, out: Path) -> None:
         read_nifti(segmented / layout.LABELS),
         read_nifti(segmented / layout.BODIES),
         axis_lps=axes or None,
-        erosion_mm=options["erosion_mm"],
+        erosion_mm=options.erosion_mm,
     )
     record = {
         "series_key": info.series_key,
@@ -141,7 +142,7 @@ def measure(converted: Path, segmented: Path, options: dict, out: Path) -> None:
         "study_instance_uid": info.study_instance_uid,
         "patient_id": info.patient_id,
         "measurements": [dataclasses.asdict(m) for m in results],
-        "measure_options": options,
+        "measure_options": dataclasses.asdict(options),
         "qc": qc,
     }
     write_text(out, json.dumps(record, indent=2))

@@ -55,7 +55,7 @@ def test_section_round_trip_through_the_shell():
     config = validate_config({"convert": {"min_slices": 4}})
     quoted = section_json(config, "convert")
     (text,) = __import__("shlex").split(quoted)
-    assert parse_section(text, "convert")["min_slices"] == 4
+    assert parse_section(text, "convert").min_slices == 4
 
 
 def test_cli_validate_config_reports_bad_key(tmp_path):

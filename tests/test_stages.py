@@ -10,6 +10,8 @@ import pytest
 from dicom_faults import edit, write_ct_series
 
 from spine_idc import layout, stages
+from spine_idc.config import SegmentConfig
+from spine_idc.convert import ConvertOptions
 from spine_idc.manifest import read_manifest
 from spine_idc.outcome import read_failure
 
@@ -25,7 +27,7 @@ def manifest(tmp_path):
 def test_convert_success_writes_products_only(manifest, tmp_path):
     path, key, _ = manifest
     out = tmp_path / "convert" / key
-    assert stages.convert(path, key, {"min_slices": 3}, out) is None
+    assert stages.convert(path, key, ConvertOptions(min_slices=3), out) is None
     assert sorted(p.name for p in out.iterdir()) == [layout.SERIES_INFO, layout.VOLUME]
     assert read_failure(out) is None
 
@@ -34,7 +36,7 @@ def test_convert_failure_is_recorded_with_the_file(manifest, tmp_path):
     path, key, files = manifest
     files[5].unlink()  # deleted after the manifest was written
     out = tmp_path / "convert" / key
-    failure = stages.convert(path, key, {"min_slices": 3}, out)
+    failure = stages.convert(path, key, ConvertOptions(min_slices=3), out)
     assert failure.reason == "unreadable" and str(files[5]) in failure.path
     assert sorted(p.name for p in out.iterdir()) == [layout.FAILURE]
     assert json.loads((out / layout.FAILURE).read_text())["stage"] == "convert"
@@ -48,14 +50,14 @@ def test_unexpected_error_is_recorded_not_raised(manifest, tmp_path, monkeypatch
 
     monkeypatch.setattr("spine_idc.convert.load_series", broken)
     out = tmp_path / "convert" / key
-    failure = stages.convert(path, key, {"min_slices": 3}, out)
+    failure = stages.convert(path, key, ConvertOptions(min_slices=3), out)
     assert failure.reason == "convert-error" and "ZeroDivisionError" in failure.message
 
 
 def test_volume_without_spine_is_a_segment_failure(manifest, tmp_path):
     path, key, _ = manifest
-    stages.convert(path, key, {"min_slices": 3}, tmp_path / "c")
-    failure = stages.segment(tmp_path / "c", key, {"backend": "classical", "spacing_mm": 1.0},
+    stages.convert(path, key, ConvertOptions(min_slices=3), tmp_path / "c")
+    failure = stages.segment(tmp_path / "c", key, SegmentConfig("classical", 1.0),
                              tmp_path / "s")
     assert failure is not None and failure.stage == "segment"
     assert not (tmp_path / "s" / layout.LABELS).exists()
@@ -65,7 +67,7 @@ def test_outputs_follow_the_umask(manifest, tmp_path):
     path, key, _ = manifest
     old = os.umask(0o022)
     try:
-        stages.convert(path, key, {"min_slices": 3}, tmp_path / "c")
+        stages.convert(path, key, ConvertOptions(min_slices=3), tmp_path / "c")
     finally:
         os.umask(old)
     assert (tmp_path / "c" / layout.VOLUME).stat().st_mode & 0o777 == 0o644
