@@ -49,9 +49,8 @@ def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], li
             "study_instance_uid": entry.study_instance_uid,
             "patient_id": entry.patient_id,
         }
-        failure = read_failure(layout.path("convert", key, root))
-        if failure is None:
-            failure = read_failure(layout.path("segment", key, root))
+        # The segment folder carries the series' failure, whichever stage it happened in.
+        failure = read_failure(layout.path("segment", key, root))
         if failure is not None:
             failures.append({**ids, **{k: getattr(failure, k) for k in FAILURE_COLUMNS[4:]}})
             continue

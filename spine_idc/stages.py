@@ -90,11 +90,19 @@ def convert(manifest: Path, series_key: str, options, out_dir: Path) -> Failure 
 
 
 def segment(converted: Path, series_key: str, options: SegmentConfig, out_dir: Path) -> Failure | None:
-    """Volume -> vertebra label map, body map and QC record, or ``failure.json``."""
+    """Volume -> vertebra label map, body map and QC record, or ``failure.json``.
+
+    A failed conversion is passed on unchanged, so this stage's folder alone tells the
+    workflow whether the series goes further.
+    """
     from .segment import get_backend
     from .volume import read_nifti, write_nifti
 
-    _require_success(converted, "convert")
+    upstream = read_failure(converted)
+    if upstream is not None:
+        with atomic_dir(out_dir) as tmp:
+            write_failure(tmp, upstream)
+        return upstream
     ct = read_nifti(converted / layout.VOLUME)
     params = {"spacing_mm": options.spacing_mm}
     backend = get_backend(options.backend, **params)

@@ -36,7 +36,7 @@ def test_rows_and_failures(tmp_path):
     measured.parent.mkdir(parents=True)
     measured.write_text(json.dumps(record))
     err = InvalidSeriesError(bad_convert, "missing-slices", "2 slices missing", path="a.dcm")
-    write_failure(layout.path("convert", bad_convert, tmp_path), Failure.from_error("convert", err))
+    write_failure(layout.path("segment", bad_convert, tmp_path), Failure.from_error("convert", err))
     layout.path("convert", bad_segment, tmp_path).mkdir(parents=True)
     err = InvalidSeriesError(bad_segment, "no-spine", "no vertebra found")
     write_failure(layout.path("segment", bad_segment, tmp_path), Failure.from_error("segment", err))

@@ -84,3 +84,12 @@ def test_invalid_long_uid_does_not_break_the_manifest(tmp_path):
     assert len(keys) == 2 and keys[1].startswith("nouid-")
     assert np.all([len(k) <= 64 for k in keys])
     assert good
+
+
+def test_segment_passes_a_convert_failure_on(manifest, tmp_path):
+    path, key, files = manifest
+    files[5].unlink()
+    stages.convert(path, key, ConvertOptions(min_slices=3), tmp_path / "c")
+    failure = stages.segment(tmp_path / "c", key, SegmentConfig("classical", 1.0), tmp_path / "s")
+    assert failure.stage == "convert" and failure.reason == "unreadable"
+    assert read_failure(tmp_path / "s") == failure

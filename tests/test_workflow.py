@@ -32,7 +32,9 @@ def snakemake(workdir: Path, *config: str, check: bool = True, popen: bool = Fal
     cmd = [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
         "--directory", str(workdir), "--configfile", str(REPO / "config.yaml"),
-        "--cores", "2", "--keep-going", "--rerun-incomplete", "--config", *config,
+        "--cores", "2", "--keep-going", "--rerun-incomplete",
+        *[c for c in config if c.startswith("--")],
+        "--config", *[c for c in config if not c.startswith("--")],
     ]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     if popen:
@@ -175,8 +177,10 @@ def test_local_folder_with_bad_series(tmp_path):
     assert len(nouid) == 1
     got["nouid"] = got.pop(nouid[0])
     assert got == {k: r for k, r in expected.items() if r != "ok"}
-    for _, row in failures.iterrows():  # each message names the series
-        assert row["series_key"] in row["message"] or row["series_key"].startswith("nouid")
+    for _, row in failures.iterrows():  # each job log names the series, the reason and the file
+        log = (tmp_path / "logs" / row["stage"] / f"{row['series_key']}.log").read_text()
+        assert f"series {row['series_key']}: {row['message']}" in log
+        assert row["message"]
     assert failures.loc[failures["reason"] == "unreadable", "path"].notna().all()
 
 
@@ -188,6 +192,8 @@ def test_killed_run_resumes(tmp_path, demo_run):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job tree, mid-segmentation
     proc.wait()
+    assert not (tmp_path / "results" / "cohort").exists()
+    snakemake(tmp_path, "--unlock", *config)  # a killed Snakemake leaves its lock behind
     snakemake(tmp_path, *config)
     keys = _keys(tmp_path)
     resumed = check_outputs(tmp_path, keys).sort_values(["series_key", "label_value"])

@@ -2,13 +2,15 @@
 
 
 def series_products(wildcards):
-    """What a series must produce, decided by its convert and segment checkpoints."""
-    converted = checkpoints.convert.get(series=wildcards.series).output[0]
-    if read_failure(converted):
-        return [converted]
+    """What a series must produce, decided by its segment checkpoint.
+
+    One checkpoint per series, not a chain: a failed conversion is passed on by the segment
+    stage, so a single get() decides (chained checkpoint gets are not re-resolved when a
+    killed run resumes).
+    """
     segmented = checkpoints.segment.get(series=wildcards.series).output[0]
     if read_failure(segmented):
-        return [converted, segmented]
+        return [segmented]
     return expand([P["measure"], P["seg"], P["sr"]], series=wildcards.series)
 
 

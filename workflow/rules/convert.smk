@@ -1,8 +1,8 @@
-# DICOM -> HU volume with checked geometry. A checkpoint: a series that fails its checks
-# ends here with failure.json, and no later stage is requested for it.
+# DICOM -> HU volume with checked geometry. A series that fails its checks gets failure.json
+# here instead of a volume; the segment checkpoint passes it on, and nothing later runs for it.
 
 
-checkpoint convert:
+rule convert:
     input:
         manifest=rules.manifest.output.manifest,
     output:

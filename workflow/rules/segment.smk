@@ -1,5 +1,6 @@
-# Vertebra segmentation (backend chosen by segment.backend). A checkpoint: a volume without a
-# usable spine ends here with failure.json.
+# Vertebra segmentation (backend chosen by segment.backend). The one checkpoint per series:
+# its folder holds the label maps, or failure.json (a failed conversion passed on, or a volume
+# without a usable spine), and decides what else the series must produce.
 
 
 checkpoint segment:
