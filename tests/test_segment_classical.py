@@ -33,7 +33,7 @@ ANCHORED_SEEDS = {
     0: "T10-L2, feet first supine, scoliosis, both ends cut by the view, lowest rib = T12",
     3: "T8-L3, head first supine, strong curvature, osteoporotic marrow (110 HU)",
     9: "T11-L5, head first prone, lordosis, lowest rib = T12",
-    4: "L1-sacrum, feet first prone, strongest lordosis, 3 mm slices, sacrum anchor",
+    4: "L1-sacrum, feet first prone, strongest lordosis, 3 mm thick slices, sacrum anchor",
     23: "L1-sacrum, feet first supine, scoliosis, sacrum anchor",
     28: "C3-T4, head first prone, cervical lordosis, highest rib = T1",
     2: "T1-sacrum, the whole thoracolumbar spine with ribs, 3 mm slices, two anchors",
@@ -181,3 +181,47 @@ def test_registry():
         get_backend("no-such-backend")
     with pytest.raises(ConfigError, match="spacing_mm"):
         get_backend("classical", no_such_option=1)
+
+
+def _fake_work(n: int, sacrum: bool):
+    """The bits of a segmentation run that naming looks at: n bodies, none cut by the view."""
+    from types import SimpleNamespace
+
+    from spine_idc.segment.vertebrae import BodyRun
+
+    bodies = [BodyRun(10 + 30 * k, 30 + 30 * k, 40.0, 30.0) for k in range(n)]
+    return SimpleNamespace(bodies=bodies, sacrum=sacrum, line=[None] * (30 * n + 40),
+                           conflict=False)
+
+
+@pytest.mark.parametrize(
+    "n, sacrum, ribs, expected, conflict",
+    [
+        # internal order is caudal -> cranial; expected names are cranio-caudal
+        (6, True, [0, 0, 0, 0, 0, 0], ["L1", "L2", "L3", "L4", "L5", "sacrum"], False),
+        (6, True, [0, 0, 0, 0, 0, 2], ["L1", "L2", "L3", "L4", "L5", "sacrum"], True),
+        (7, True, [0, 0, 0, 0, 0, 0, 1], ["T12", "L1", "L2", "L3", "L4", "L5", "sacrum"], False),
+        (5, False, [0, 0, 2, 2, 2], ["T10", "T11", "T12", "L1", "L2"], False),
+        (5, False, [2, 2, 2, 2, 0], ["C7", "T1", "T2", "T3", "T4"], False),
+        (4, False, [2, 2, 2, 2], None, False),
+        (3, False, [0, 0, 0], None, False),
+    ],
+    ids=["sacrum", "sacrum-vs-13-ribs", "sacrum-and-T12", "lowest-rib", "highest-rib",
+         "ribs-everywhere", "no-ribs-no-sacrum"],
+)
+def test_naming_from_anchors(n, sacrum, ribs, expected, conflict):
+    from spine_idc.segment.levels import name_levels
+
+    work = _fake_work(n, sacrum)
+    values, anchors, warnings, identified = name_levels(work, np.array(ribs))
+    names = [coding.level_for_value(v).name for v in reversed(values)]
+    if expected is None:
+        assert not identified
+        assert sorted(values) == [coding.UNIDENTIFIED_BASE + i for i in range(n)]
+        assert values[-1] == coding.UNIDENTIFIED_BASE  # the top vertebra is vertebra1
+    else:
+        assert identified and names == expected
+    assert work.conflict == conflict
+    if conflict:
+        assert any("disagree" in w for w in warnings)
+        assert [a.used for a in anchors] == [True, False]  # the sacrum wins

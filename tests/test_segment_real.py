@@ -51,7 +51,8 @@ def ct():
     from spine_idc.convert import ConvertOptions, load_series
 
     files = sorted((CASE / "dicom").iterdir())
-    volume, _ = load_series(files, "ts_t11_t12", ConvertOptions(repair_blank_uids=True, min_slices=3))
+    options = ConvertOptions(repair_blank_uids=True, min_slices=3)
+    volume, _ = load_series(files, "ts_t11_t12", options)
     return volume
 
 

@@ -21,7 +21,7 @@ import logging
 import numpy as np
 from scipy import ndimage
 
-from .bone import _plane_structure
+from .bone import plane_structure
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ def canal_candidates(
                 continue
             if len(out[k]):
                 # Keep one candidate per place: the same canal seen at two thresholds.
-                d = np.hypot(out[k][:, None, 0] - rows[None, :, 0], out[k][:, None, 1] - rows[None, :, 1])
+                d = np.hypot(
+                    out[k][:, None, 0] - rows[None, :, 0], out[k][:, None, 1] - rows[None, :, 1]
+                )
                 rows = rows[d.min(axis=0) * spacing > 5.0]
             out[k] = np.vstack([out[k], rows])
     return out
@@ -95,7 +97,7 @@ def _canal_holes(
         closed = ndimage.binary_closing(dense, structure=disk, border_value=0)
     else:
         closed = dense
-    lab, n = ndimage.label(~closed, structure=_plane_structure(2))
+    lab, n = ndimage.label(~closed, structure=plane_structure(2))
     nz = hu.shape[2]
     out = [np.zeros((0, 6)) for _ in range(nz)]
     if n == 0:
@@ -243,16 +245,16 @@ class Centreline:
         pts = p + u * uu.ravel()[None, None, :] + v * vv.ravel()[None, None, :]
         return np.moveaxis(pts, 1, 0).reshape((3, len(idx)) + uu.shape)
 
-    def project(self, coords: np.ndarray, max_dist: float | None = None):
+    def project(self, coords: np.ndarray):
         """Nearest centreline index, and (u, v, w) offsets of points ``coords`` (3, m).
 
         ``w`` is the residual along the tangent (near zero except beyond the curve's ends).
+        Nearest-point projection is unique while points stay closer to the curve than its
+        radius of curvature, which for a spine (>= ~10 cm) holds for the whole vertebra.
         """
         from scipy.spatial import cKDTree
 
-        tree = cKDTree(self.p)
-        dist, idx = tree.query(coords.T, distance_upper_bound=np.inf if max_dist is None else max_dist)
-        idx = np.minimum(idx, len(self.p) - 1)
+        _, idx = cKDTree(self.p).query(coords.T)
         d = coords.T - self.p[idx]
         return idx, (d * self.u[idx]).sum(1), (d * self.v[idx]).sum(1), (d * self.t[idx]).sum(1)
 

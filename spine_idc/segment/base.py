@@ -75,6 +75,7 @@ class VertebraQC:
     centroid_lps: tuple[float, float, float]
     axis_lps: tuple[float, float, float]
     flags: list[str] = dataclasses.field(default_factory=list)
+    rib_sides: int = 0  # sides (0-2) on which a rib was seen attached: the rib anchors' evidence
 
 
 @dataclasses.dataclass
@@ -100,6 +101,8 @@ class QCRecord:
         Free-text notes for people (anchor conflicts, skipped steps ...).
     timing_s:
         Wall time of the backend's steps, in seconds.
+    thresholds_hu:
+        Image-derived thresholds the backend settled on (for a person checking an odd result).
     """
 
     series_key: str
@@ -111,6 +114,7 @@ class QCRecord:
     vertebrae: list[VertebraQC] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
     timing_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    thresholds_hu: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def flags(self) -> dict[int, list[str]]:

@@ -4,7 +4,7 @@ Trabecular bone can be as faint as 80-100 HU, no brighter than an intervertebral
 threshold alone either misses osteoporotic bodies or swallows discs and soft tissue.  What
 tells marrow from a disc is topology: marrow lies *inside* a cortical shell.  So the mask is the
 cortex plus its holes -- regions of the non-bone that are enclosed by bone in 3-D or in a 2-D
-plane along any axis -- where the (smoothed) HU is above soft tissue.  Hole size is limited so
+plane along any axis -- whose mean HU is above soft tissue.  Hole size is limited so
 that a closed bony ring never fills a body cavity, and the HU floor keeps the spinal canal
 (CSF, cord, epidural fat), which is enclosed by the vertebral arch in axial planes, out.
 """
@@ -18,8 +18,13 @@ from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
+#: How many voxel layers below the surface threshold may be peeled from the outside, by
+#: default: a sharp cortex blurred by the scanner leaves a skirt two to three voxels wide.
+PEEL_LAYERS = 3
+PEEL_INPLANE = False
 
-def _plane_structure(axis: int) -> np.ndarray:
+
+def plane_structure(axis: int) -> np.ndarray:
     """4-connectivity within planes perpendicular to ``axis``, none across them."""
     s = np.zeros((3, 3, 3), dtype=bool)
     idx = [1, 1, 1]
@@ -59,13 +64,13 @@ def enclosed(
         partial volume with the arch around it but is still canal.
     protect:
         Voxels known not to be bone (the core of the tracked spinal canal): a hole touching
-        them is never returned, however bright thick slices make its rim.
+        them is canal and never returned, however bright thick slices make its rim.
     """
     background = ~mask
     if axis is None:
         structure = ndimage.generate_binary_structure(3, 1)
     else:
-        structure = _plane_structure(axis)
+        structure = plane_structure(axis)
     lab, n = ndimage.label(background, structure=structure)
     if n == 0:
         return np.zeros_like(mask)
@@ -102,6 +107,7 @@ def bone_mask(
     max_hole_volume_ml: float = 150.0,
     axes=(0, 1, 2),
     protect: np.ndarray | None = None,
+    peel_layers: int = PEEL_LAYERS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense bone and filled bone of an HU array on an isotropic grid.
 
@@ -127,6 +133,8 @@ def bone_mask(
         Plane normals along which 2-D holes are filled.
     protect:
         Voxels that are not bone whatever encloses them (see :func:`enclosed`).
+    peel_layers:
+        At most this many outer layers below ``cortical_hu`` are peeled.
 
     Returns
     -------
@@ -143,6 +151,15 @@ def bone_mask(
     filled = ring | holes
     dense = hu > cortical_hu
     if cortical_hu > ring_hu:
-        outer = filled & ~ndimage.binary_erosion(filled, border_value=1)
-        filled &= ~(outer & ~dense)
+        # Peel the blurred skirt below the surface threshold, a layer at a time: only from
+        # the outside, so enclosed marrow (also below it) stays.
+        for layer in range(peel_layers):
+            # Across slices (axis 2, where thick slices blur most) only the first layer:
+            # deeper, the skirt is the slice profile of real bone, not the scanner's edge.
+            structure = None if layer == 0 else plane_structure(2)
+            outer = filled & ~ndimage.binary_erosion(filled, structure=structure, border_value=1)
+            peel = outer & ~dense
+            if not peel.any():
+                break
+            filled &= ~peel
     return dense, filled

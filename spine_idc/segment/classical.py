@@ -9,7 +9,8 @@ Steps (each module explains its own reasoning):
 3. crop to the spine, pick a surface threshold from the image's own cortical bone, build bone
    masks with the marrow that cortical shells enclose (:mod:`.bone`);
 4. straighten the spine along the canal, find bodies and discs from the filled-bone fraction
-   at the body centre -- or, where shells are too faint, from HU dips -- (:mod:`.vertebrae`);
+   at the body centre -- or, where shells are too faint, from HU dips -- (:mod:`.vertebrae`,
+   :mod:`.discs`);
 5. seed and grow whole vertebrae, taking ribs and other bones away (:mod:`.grow`);
 6. name the vertebrae from anatomical anchors -- sacrum, lowest and highest rib-bearing
    vertebra -- or leave them unidentified and say so, map the labels back onto the CT's own
@@ -31,17 +32,9 @@ from . import grid
 from .axis import CanalTrack, Centreline, canal_candidates, make_centreline, track_canal
 from .base import SegmentationResult
 from .bone import bone_mask
+from .discs import disc_brightness, hu_profile, split_at_dips, split_long
 from .grow import grow_vertebrae
-from .vertebrae import (
-    BodyRun,
-    Straightened,
-    analyse_planes,
-    disc_brightness,
-    find_bodies,
-    hu_profile,
-    split_at_dips,
-    split_long,
-)
+from .vertebrae import BodyRun, Straightened, analyse_planes, find_bodies
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +142,9 @@ class ClassicalBackend:
         t = time.perf_counter()
         arr = ct.array
         if arr.ndim != 3 or min(arr.shape) < 2:
-            raise SegmentationError(series_key, "no-spine", f"volume of shape {arr.shape} is not 3-D")
+            raise SegmentationError(
+                series_key, "no-spine", f"volume of shape {arr.shape} is not 3-D"
+            )
         lo, hi = _patient_box(ct)
         if lo is None:
             raise SegmentationError(
@@ -244,20 +239,22 @@ class ClassicalBackend:
             work.bodies = split_long(lo_bodies, hi_bodies, lo) if lo is not hi else hi_bodies
         else:
             # Shells too faint to close at the surface threshold (soft kernels, thick slices,
-            # thin osteoporotic cortex): bodies from the fuller mask, discs where the HU along
-            # the body centre dips between the bodies' marrow.
-            work.hu_profile = hu_profile(work.hu, line, lo, sp)
-            work.bodies = split_at_dips(lo_bodies, work.hu_profile, sp)
-            # The strict mask is unreliable here too: bodies in it are scattered bits of
-            # cortex, so the rib race and the vertebra floods run on the fuller mask, whose
-            # surface is drawn lower, as faint as the shells are.
+            # thin osteoporotic cortex).  The strict mask is unreliable here: bodies in it are
+            # scattered bits of cortex.  So everything -- bodies, the rib race, the vertebra
+            # floods -- runs on the fuller mask, whose surface is drawn lower, as faint as the
+            # shells are, and peeled only once: the bone's own edge is no sharper than the
+            # skirt around it.  Discs are where the HU along the body centre dips between the
+            # bodies' marrow.
             work.surface_hu = float(max(ring + 50.0, 0.5 * work.cortical_hu))
             _, work.filled = bone_mask(
                 work.hu, sp, ring_hu=ring, cortical_hu=work.surface_hu,
-                trabecular_hu=self.trabecular_hu, protect=work.canal_core,
+                trabecular_hu=self.trabecular_hu, protect=work.canal_core, peel_layers=1,
             )
             work.filled &= work.inside
             work.profile_mask = work.filled
+            lo = work.planes = analyse_planes(work.filled, line, work.canal_r, sp)
+            work.hu_profile = hu_profile(work.hu, line, lo, sp)
+            work.bodies = split_at_dips(find_bodies(lo, sp), work.hu_profile, sp)
             work.notes.append(
                 "discs located by HU dips along the spine (cortical shells too faint to close "
                 f"at {work.cortical_hu:.0f} HU)"

@@ -25,7 +25,8 @@ import numpy as np
 from scipy import ndimage
 
 from .axis import Centreline
-from .vertebrae import BodyRun, disc_planes, lateral_mass, project_mask, territories
+from .discs import disc_planes
+from .vertebrae import BodyRun, lateral_mass, project_mask, territories
 
 if TYPE_CHECKING:  # pragma: no cover
     from .classical import Work
@@ -133,8 +134,8 @@ def grow_vertebrae(work: "Work") -> None:
     other_mask = labels == n + 1
     labels[other_mask] = 0
     # Discs are never bone.  Where faint shells made the fuller mask close over a disc, the
-    # planes between two bodies, in front of the canal, keep only dense (cortical) voxels:
-    # the rims of the endplates, never the disc between them.
+    # slab of each disc (its fitted mid-surface +- half its height), in front of the canal,
+    # keeps only dense (cortical) voxels: the rims of the endplates, not the disc between.
     column = (v < -(cr + 0.5)) & (np.abs(u - bu) <= bw / 2 + 6.0 / sp)
     in_disc = np.zeros(len(idx), bool)
     work.discs = disc_planes(work.hu, line, st, work.bodies, sp)

@@ -114,14 +114,16 @@ def rib_sides(work: "Work") -> np.ndarray:
 
 
 def _rib_zone_visible(work: "Work", k: int) -> bool:
-    """Whether vertebra ``k`` (internal index, 0-based) is seen far enough to see its ribs.
+    """Whether vertebra ``k`` (internal index, 0-based) is seen well enough to be called
+    rib-free.
 
-    Rib heads sit on the upper half of the body; a body cut by the end of the view through
-    that half could hide them.
+    A body cut by either end of the view must show most of its height (a body is about 0.6-0.8
+    of its width tall): a short rib may leave the view before it reaches out far enough to be
+    recognised, and calling a vertebra rib-free wrongly would shift every name by one.
     """
     b = work.bodies[k]
-    cut_top = b.stop >= len(work.line) - 3
-    return not (cut_top and b.length < 0.6 * b.width)
+    cut = b.stop >= len(work.line) - 3 or b.start <= 2
+    return not cut or b.length >= 0.6 * b.width
 
 
 def name_levels(work: "Work", ribs: np.ndarray) -> tuple[list[int], list[Anchor], list[str], bool]:
@@ -138,12 +140,14 @@ def name_levels(work: "Work", ribs: np.ndarray) -> tuple[list[int], list[Anchor]
     if bearing:
         low = min(bearing)  # caudal-most rib-bearing (internal order runs caudal -> cranial)
         below = low - 1
-        if below >= 0 and ribs[below] == 0 and not (work.sacrum and below == 0):
+        # (ribs straight above the sacrum would mean no lumbar spine: no anchor, let the
+        # sacrum count)
+        if (
+            below >= 0 and ribs[below] == 0 and not (work.sacrum and below == 0)
+            and _rib_zone_visible(work, below)
+        ):
             anchors.append(Anchor("lowest-rib", pos[low], "T12"))
             offsets.append(("lowest-rib", _T12 - pos[low]))
-        elif below == 0 and work.sacrum:
-            # Ribs right above the sacrum: no lumbar spine at all is not a normal count.
-            pass
         high = max(bearing)
         above = high + 1
         if above < n and ribs[above] == 0 and _rib_zone_visible(work, above):
@@ -157,7 +161,9 @@ def name_levels(work: "Work", ribs: np.ndarray) -> tuple[list[int], list[Anchor]
     if not agree:
         warnings.append(
             "anchors disagree: "
-            + ", ".join(f"{name} implies the top vertebra is level index {o}" for name, o in offsets)
+            + ", ".join(
+                f"{name} implies the top vertebra is level index {o}" for name, o in offsets
+            )
             + f"; counted from {offsets[0][0]}"
         )
         for a, (_, o) in zip(anchors, offsets):
@@ -189,7 +195,6 @@ def finish(
 ) -> SegmentationResult:
     """Name the vertebrae, map labels to the CT grid, and assemble the QC record."""
     t = time.perf_counter()
-    sp = work.spacing
     n = len(work.bodies)
     work.conflict = False
     ribs = rib_sides(work)
@@ -212,6 +217,11 @@ def finish(
         value = values[k]
         b = work.bodies[k]
         level = coding.level_for_value(value)
+        if counts[value] == 0:
+            # Found along the spine but left with no voxel on the CT's grid (a sliver at the
+            # edge of the view): not reported as a vertebra, but said.
+            warnings.append(f"{level.name}: found but empty on the CT grid, not reported")
+            continue
         flags: list[str] = []
         if not identified:
             flags.append(FLAG_UNIDENTIFIED)
@@ -228,7 +238,10 @@ def finish(
         if not cut and value != coding.SACRUM_VALUE:
             if not 1.5 <= vol <= 200.0:
                 flags.append(FLAG_IMPLAUSIBLE_SIZE)
-            if height is None or not (6.0 <= height <= 45.0) or height > 1.1 * b.width * sp:
+            if (
+                height is None or not (6.0 <= height <= 45.0)
+                or height > 1.1 * b.width * work.spacing
+            ):
                 flags.append(FLAG_IMPLAUSIBLE_HEIGHT)
         mid = int(round(b.centre))
         axis = work.line.t[mid] / np.linalg.norm(work.line.t[mid])
@@ -246,6 +259,7 @@ def finish(
                 centroid_lps=tuple(round(float(c), 2) for c in cen),
                 axis_lps=tuple(round(float(a), 5) for a in axis),
                 flags=flags,
+                rib_sides=int(ribs[k]),
             )
         )
     if not identified:
@@ -260,6 +274,14 @@ def finish(
         levels=[r.name for r in records], anchors=anchors, confidence=confidence,
         vertebrae=records, warnings=warnings,
         timing_s={k: round(v, 3) for k, v in work.timing.items() if isinstance(v, float)},
+        thresholds_hu={
+            name: round(float(value), 1)
+            for name, value in (
+                ("surface", work.surface_hu or work.cortical_hu), ("shell", work.ring_hu),
+                ("disc", work.disc_hu),
+            )
+            if np.isfinite(value) and value
+        },
     )
     qc.timing_s["finish"] = round(time.perf_counter() - t, 3)
     return SegmentationResult(
