@@ -42,17 +42,36 @@ def _cmd_phantoms(args) -> int:
     return 0
 
 
+def _config_json(text: str):
+    import json
+
+    from .config import Config
+
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpineIdcError(f"--config-json is not valid JSON: {e}") from e
+    return Config.from_dict(raw)
+
+
 def _cmd_manifest(args) -> int:
     from .stages import make_manifest
 
-    make_manifest(args.source, args.input_dir, args.out, args.file_lists)
+    make_manifest(args.config_json, args.out, args.file_lists, input_dir=args.input_dir)
+    return 0
+
+
+def _cmd_download(args) -> int:
+    from .stages import download
+
+    download(args.manifest, args.series, args.config_json.remote(), args.out, attempt=args.attempt)
     return 0
 
 
 def _cmd_convert(args) -> int:
     from .stages import convert
 
-    convert(args.manifest, args.series, args.options, args.out)
+    convert(args.manifest, args.series, args.options, args.out, downloaded=args.downloaded)
     return 0
 
 
@@ -107,17 +126,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=_cmd_phantoms)
 
-    s = sub.add_parser("manifest", help="scan a folder for DICOM series and write the manifest")
-    s.add_argument("--source", choices=["local", "phantom"], required=True)
-    s.add_argument("--input-dir", type=Path, required=True)
+    s = sub.add_parser("manifest", help="select the cohort (IDC query, QIDO-RS search or folder scan)")
+    s.add_argument("--config-json", type=_config_json, default="{}",
+                   help="the run's configuration as JSON (defaults from the schema)")
+    s.add_argument("--input-dir", type=Path, default=None,
+                   help="folder to scan for the local and phantom sources (default: input_dir)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--file-lists", type=Path, required=True)
     s.set_defaults(func=_cmd_manifest)
+
+    s = sub.add_parser("download", help="fetch and verify one remote series of the manifest")
+    s.add_argument("--manifest", type=Path, required=True)
+    s.add_argument("--series", required=True)
+    s.add_argument("--config-json", type=_config_json, default="{}")
+    s.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number (1-based)")
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=_cmd_download)
 
     s = sub.add_parser("convert", help="one DICOM series -> HU volume (NIfTI) with checked geometry")
     s.add_argument("--manifest", type=Path, required=True)
     s.add_argument("--series", required=True)
     s.add_argument("--options", type=_options("convert"), default=_options("convert")("{}"))
+    s.add_argument("--downloaded", type=Path, default=None,
+                   help="the series' download folder (idc and dicomweb sources)")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=_cmd_convert)
 

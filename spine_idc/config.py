@@ -38,8 +38,16 @@ def _fill_defaults(instance: dict, schema: dict) -> None:
             _fill_defaults(instance[key], sub)
 
 
-def _coerce(value: Any, kind: str | None) -> Any:
+def _coerce(value: Any, kind: str | list | None) -> Any:
     if not isinstance(value, str):
+        return value
+    if isinstance(kind, list):  # e.g. [integer, "null"]: the first reading that fits
+        if "null" in kind and value.strip().lower() in {"null", "none", "~"}:
+            return None
+        for one in kind:
+            coerced = _coerce(value, one)
+            if coerced is not value:
+                return coerced
         return value
     try:
         if kind == "integer":
@@ -125,10 +133,38 @@ class MeasureConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DownloadConfig:
+    endpoint_url: str
+    retries: int
+    tool_retries: int
+    backoff_s: float
+    timeout_s: float
+    probe_timeout_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomwebConfig:
+    auth: str
+
+
+@dataclasses.dataclass(frozen=True)
+class IdcConfig:
+    index: str
+    indices_dir: str
+    bigquery_project: str
+    bigquery_dataset: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The typed, validated configuration."""
 
     source: str
+    dicomweb_url: str
+    query: dict[str, Any]
+    idc: IdcConfig
+    download: DownloadConfig
+    dicomweb: DicomwebConfig
     input_dir: Path
     phantom: PhantomConfig
     convert: dict[str, Any]
@@ -140,6 +176,11 @@ class Config:
         data = validate_config(raw)
         return cls(
             source=data["source"],
+            dicomweb_url=data["dicomweb_url"],
+            query=dict(data["query"]),
+            idc=IdcConfig(**data["idc"]),
+            download=DownloadConfig(**data["download"]),
+            dicomweb=DicomwebConfig(**data["dicomweb"]),
             input_dir=Path(data["input_dir"]),
             phantom=PhantomConfig(**data["phantom"]),
             convert=dict(data["convert"]),
@@ -160,6 +201,12 @@ class Config:
             raise ConfigError(f"configuration file {path} must hold a mapping of keys")
         return cls.from_dict(raw)
 
+    def remote(self):
+        """What the download stage needs to reach the source (:class:`spine_idc.download.Remote`)."""
+        from .download import Remote
+
+        return Remote(self.download, self.dicomweb_url, self.dicomweb.auth)
+
     def convert_options(self):
         from .convert import ConvertOptions
 
@@ -173,11 +220,35 @@ def _convert_options(**kwargs):
 
 
 SECTION_TYPES = {
+    "query": dict,
+    "idc": IdcConfig,
+    "download": DownloadConfig,
+    "dicomweb": DicomwebConfig,
     "phantom": PhantomConfig,
     "convert": _convert_options,
     "segment": SegmentConfig,
     "measure": MeasureConfig,
 }
+
+
+def config_json(config: dict) -> str:
+    """The whole validated configuration as a shell-quoted JSON argument (``--config-json``)."""
+    return shlex.quote(json.dumps(config, sort_keys=True))
+
+
+COHORT_KEYS = ("source", "dicomweb_url", "input_dir", "query", "idc", "dicomweb")
+
+
+def cohort_config_json(config: dict) -> str:
+    """:func:`config_json` of only what selects the cohort (and the endpoint it probes).
+
+    The manifest job gets this, so that changing, say, the segmenter does not re-select the
+    cohort.
+    """
+    subset = {k: config[k] for k in COHORT_KEYS if k in config}
+    download = config.get("download", {})
+    subset["download"] = {k: download[k] for k in ("endpoint_url", "probe_timeout_s") if k in download}
+    return shlex.quote(json.dumps(subset, sort_keys=True))
 
 
 def section_json(config: dict, section: str) -> str:

@@ -68,3 +68,11 @@ class InvalidSeriesError(SeriesError):
 
 class SegmentationError(SeriesError):
     """The segmenter found no usable spine in an otherwise valid volume."""
+
+
+class TransientError(SpineIdcError):
+    """A network or server fault that may pass: the download is retried with backoff."""
+
+
+class NetworkUnreachable(SpineIdcError):
+    """An endpoint that the run needs cannot be reached at all; nothing is tried per series."""

@@ -13,6 +13,7 @@ PATTERNS: dict[str, str] = {
     "phantoms": "resources/phantoms",
     "manifest": "results/manifest.tsv",
     "file_lists": "work/manifest",
+    "download": "work/download/{series}",
     "convert": "work/convert/{series}",
     "segment": "work/segment/{series}",
     "measure": "work/measure/{series}.json",

@@ -30,12 +30,28 @@ class ManifestRow:
     series_description: str
     n_instances: int
     source: str
-    file_list: str
+    file_list: str = ""
+    collection_id: str = ""
+    body_part: str = ""
+    license: str = ""
+    size_mb: float = 0.0
+    location: str = ""
+    index_version: str = ""
+
+    @property
+    def remote(self) -> bool:
+        """True when the series must be downloaded before it is converted."""
+        return self.source in REMOTE_SOURCES
 
     def files(self) -> list[Path]:
-        """The series' files, as listed when the manifest was written."""
+        """The series' files, as listed when the manifest was written (local sources only)."""
+        if not self.file_list:
+            raise ManifestError(f"series {self.series_key} ({self.source}) has no local file list")
         text = Path(self.file_list).read_text()
         return [Path(line) for line in text.splitlines() if line.strip()]
+
+
+REMOTE_SOURCES = ("idc", "dicomweb")
 
 
 FIELDS = [f.name for f in dataclasses.fields(ManifestRow)]
@@ -73,7 +89,9 @@ def write_manifest(rows: list[ManifestRow], path: str | Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=FIELDS, delimiter="\t", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(dataclasses.asdict(row))
+        record = dataclasses.asdict(row)
+        record["size_mb"] = f"{row.size_mb:.3f}"
+        writer.writerow(record)
     write_text(path, buf.getvalue())
 
 
@@ -91,10 +109,11 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
             raise ManifestError(
                 f"manifest {path} row {i}: columns {sorted(rec)} differ from {FIELDS}"
             )
-        try:
-            rec["n_instances"] = int(rec["n_instances"])
-        except ValueError as e:
-            raise ManifestError(f"manifest {path} row {i}: n_instances is not a number") from e
+        for name, kind in (("n_instances", int), ("size_mb", float)):
+            try:
+                rec[name] = kind(rec[name])
+            except ValueError as e:
+                raise ManifestError(f"manifest {path} row {i}: {name} is not a number") from e
         rows.append(ManifestRow(**rec))
     validate_rows(rows)
     return rows
@@ -115,6 +134,7 @@ def manifest_from_folder(root: str | Path, file_lists: str | Path, source: str) 
         files = [Path(f) if Path(f).is_absolute() else root / f for f in found.files]
         listing = Path(file_lists) / f"{found.key}.files"
         write_text(listing, "".join(f"{f}\n" for f in files))
+        size = sum(f.stat().st_size for f in files if f.exists())
         rows.append(
             ManifestRow(
                 series_key=found.key,
@@ -126,9 +146,30 @@ def manifest_from_folder(root: str | Path, file_lists: str | Path, source: str) 
                 n_instances=found.n_files,
                 source=source,
                 file_list=str(listing),
+                size_mb=round(size / 1e6, 3),
+                location=str(root),
             )
         )
     log.info("found %d series under %s", len(rows), root)
     if not rows:
         log.warning("no DICOM series found under %s", root)
+    return rows
+
+
+def rows_from_records(records: list[dict], source: str) -> list[ManifestRow]:
+    """Manifest rows from query records (IDC index, BigQuery or QIDO-RS search results).
+
+    Records carry every manifest column except ``source`` and ``file_list``; remote series are
+    downloaded by the workflow, so they have no local file list.
+    """
+    names = set(FIELDS) - {"source", "file_list"}
+    rows = []
+    for rec in records:
+        missing = names - set(rec)
+        if missing:
+            raise ManifestError(f"query record for {rec.get('series_key')!r} lacks {sorted(missing)}")
+        values = {k: rec[k] for k in names}
+        values["n_instances"] = int(values["n_instances"])
+        values["size_mb"] = round(float(values["size_mb"] or 0.0), 3)
+        rows.append(ManifestRow(source=source, file_list="", **values))
     return rows

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import layout
 from .atomic import atomic_dir, write_text
 from .config import MeasureConfig, SegmentConfig
-from .errors import SegmentationError, SeriesError, SpineIdcError
+from .errors import ConfigError, SegmentationError, SeriesError, SpineIdcError
 from .outcome import Failure, read_failure, write_failure
 
 log = logging.getLogger(__name__)
@@ -61,25 +61,100 @@ def make_phantoms(seeds: list[int], size: str, out_dir: Path) -> None:
             write_phantom(seed, tmp / f"seed-{seed:04d}", size=size)
 
 
-def make_manifest(source: str, input_dir: Path, out: Path, file_lists: Path) -> None:
-    from .manifest import manifest_from_folder, write_manifest
+def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = None) -> None:
+    """The manifest of ``cfg.source``: a folder scan, an IDC query or a QIDO-RS search.
 
-    rows = manifest_from_folder(input_dir, file_lists, source)
+    For remote sources the endpoint is probed first, so an offline run stops here, in seconds,
+    with a message, instead of after minutes of retries.
+    """
+    from .manifest import manifest_from_folder, rows_from_records, write_manifest
+
+    file_lists.mkdir(parents=True, exist_ok=True)
+    if cfg.source == "idc":
+        from .download import Remote, probe_source
+        from .idc.query import CohortQuery, run_bigquery, run_duckdb
+
+        probe_source("idc", Remote(cfg.download))
+        query = CohortQuery.from_config({k: v for k, v in cfg.query.items() if k != "backend"})
+        if cfg.query["backend"] == "bigquery":
+            result = run_bigquery(query, project=cfg.idc.bigquery_project or None,
+                                  dataset=cfg.idc.bigquery_dataset)
+        else:
+            result = run_duckdb(query, index_path=cfg.idc.index or None,
+                                indices_dir=cfg.idc.indices_dir or None)
+        rows = rows_from_records(result.records, "idc")
+        log.info("IDC %s: %d series selected", result.index_version, len(rows))
+    elif cfg.source == "dicomweb":
+        from .download import Remote, probe_source
+        from .download.dicomweb import make_client, search_series
+        from .selection import select_records
+
+        if not cfg.dicomweb_url:
+            raise ConfigError("source is dicomweb but dicomweb_url is empty",
+                              hint="--config dicomweb_url=http://host:port/dicom-web")
+        remote = Remote(cfg.download, cfg.dicomweb_url, cfg.dicomweb.auth)
+        probe_source("dicomweb", remote)
+        client = make_client(cfg.dicomweb_url, auth=cfg.dicomweb.auth,
+                             retries=cfg.download.tool_retries)
+        found = search_series(client, modality=cfg.query["modality"])
+        rows = rows_from_records(select_records(found, cfg.query, source="dicomweb"), "dicomweb")
+        log.info("%s: %d of %d CT series selected", cfg.dicomweb_url, len(rows), len(found))
+    else:
+        rows = manifest_from_folder(input_dir or cfg.input_dir, file_lists, cfg.source)
+    if not rows:
+        log.warning("the manifest is empty: no series matched")
     write_manifest(rows, out)
 
 
-def convert(manifest: Path, series_key: str, options, out_dir: Path) -> Failure | None:
-    """DICOM series -> ``volume.nii.gz`` + ``series.json``, or ``failure.json``."""
-    from .convert import load_series, write_converted
+def download(manifest: Path, series_key: str, remote, out_dir: Path, attempt: int = 1) -> Failure | None:
+    """Fetch one remote series into ``out_dir/dicom`` (verified), or record ``failure.json``."""
+    from .download import download_series
+
+    row = _manifest_row(manifest, series_key)
+    try:
+        return download_series(row, out_dir, remote, attempt=attempt)
+    except SpineIdcError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded, see _unexpected
+        with atomic_dir(out_dir) as tmp:
+            return _unexpected("download", tmp, series_key, exc)
+
+
+def _manifest_row(manifest: Path, series_key: str):
     from .manifest import read_manifest
 
     rows = {r.series_key: r for r in read_manifest(manifest)}
     if series_key not in rows:
         raise SpineIdcError(f"series {series_key} is not in manifest {manifest}")
-    row = rows[series_key]
+    return rows[series_key]
+
+
+def convert(manifest: Path, series_key: str, options, out_dir: Path,
+            downloaded: Path | None = None) -> Failure | None:
+    """DICOM series -> ``volume.nii.gz`` + ``series.json``, or ``failure.json``.
+
+    Remote series are read from their verified ``downloaded`` folder; a failed download is
+    passed on unchanged.
+    """
+    from .convert import load_series, write_converted
+
+    row = _manifest_row(manifest, series_key)
+    if row.remote:
+        if downloaded is None:
+            raise SpineIdcError(f"series {series_key} comes from {row.source}: give its download folder")
+        upstream = read_failure(downloaded)
+        if upstream is not None:
+            with atomic_dir(out_dir) as tmp:
+                write_failure(tmp, upstream)
+            return upstream
+        from .download import downloaded_files
+
+        files = downloaded_files(downloaded)
+    else:
+        files = row.files()
     with atomic_dir(out_dir) as tmp:
         try:
-            volume, info = load_series(row.files(), series_key, options)
+            volume, info = load_series(files, series_key, options)
         except SeriesError as err:
             return _record("convert", tmp, err)
         except Exception as exc:  # noqa: BLE001 - recorded, see _unexpected

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_shipped_config_is_valid():
     cfg = Config.from_file(REPO / "config.yaml")
-    assert cfg.source in {"local", "phantom"}
+    assert cfg.source == "idc"  # `make run`: a small real cohort from IDC
+    assert cfg.query["max_series"] and cfg.query["max_series"] <= 5
     assert cfg.segment.backend == "classical"
 
 

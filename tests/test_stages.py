@@ -12,14 +12,17 @@ from dicom_faults import edit, write_ct_series
 from spine_idc import layout, stages
 from spine_idc.config import SegmentConfig
 from spine_idc.convert import ConvertOptions
+from spine_idc.config import Config
 from spine_idc.manifest import read_manifest
 from spine_idc.outcome import read_failure
+
+LOCAL = Config.from_dict({"source": "local"})
 
 
 @pytest.fixture
 def manifest(tmp_path):
     files = write_ct_series(tmp_path / "input" / "s")
-    stages.make_manifest("local", tmp_path / "input", tmp_path / "m.tsv", tmp_path / "lists")
+    stages.make_manifest(LOCAL, tmp_path / "m.tsv", tmp_path / "lists", input_dir=tmp_path / "input")
     (row,) = read_manifest(tmp_path / "m.tsv")
     return tmp_path / "m.tsv", row.series_key, files
 
@@ -79,7 +82,7 @@ def test_invalid_long_uid_does_not_break_the_manifest(tmp_path):
     bad = write_ct_series(tmp_path / "input" / "bad")
     for f in bad:
         edit(f, SeriesInstanceUID="1." + "2" * 70)
-    stages.make_manifest("local", tmp_path / "input", tmp_path / "m.tsv", tmp_path / "lists")
+    stages.make_manifest(LOCAL, tmp_path / "m.tsv", tmp_path / "lists", input_dir=tmp_path / "input")
     keys = sorted(r.series_key for r in read_manifest(tmp_path / "m.tsv"))
     assert len(keys) == 2 and keys[1].startswith("nouid-")
     assert np.all([len(k) <= 64 for k in keys])

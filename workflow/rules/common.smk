@@ -1,4 +1,22 @@
-# Input functions that read checkpoint outcomes; kept here so rule files hold only rules.
+# Input functions; kept here so rule files hold only rules.
+
+REMOTE = config["source"] in ("idc", "dicomweb")  # series are downloaded before conversion
+
+
+def manifest_input(wildcards):
+    """The folder the manifest scans (local and phantom sources); remote sources need none."""
+    if config["source"] == "phantom":
+        return {"folder": P["phantoms"]}
+    if config["source"] == "local":
+        return {"folder": config["input_dir"]}
+    return {}
+
+
+def convert_input(wildcards):
+    inputs = {"manifest": ancient(P["manifest"])}
+    if REMOTE:
+        inputs["downloaded"] = P["download"].format(series=wildcards.series)
+    return inputs
 
 
 def series_products(wildcards):

@@ -1,6 +1,7 @@
-# Where the series come from: synthetic phantoms or a local folder. The manifest is a
-# checkpoint: everything downstream fans out over its rows.
-
+# Where the series come from: an IDC cohort query, a DICOMweb server, synthetic phantoms or a
+# local folder. The manifest is a checkpoint: everything downstream fans out over its rows.
+# Per-series jobs take the manifest as ancient(): re-selecting the cohort (a larger sample, say)
+# adds jobs for the new series without re-running the others.
 
 rule phantoms:
     output:
@@ -17,16 +18,44 @@ rule phantoms:
 
 checkpoint manifest:
     input:
-        folder=P["phantoms"] if config["source"] == "phantom" else config["input_dir"],
+        unpack(manifest_input),
     output:
         manifest=P["manifest"],
         file_lists=directory(P["file_lists"]),
     params:
-        source=config["source"],
+        # Only what defines the cohort, so that other settings do not re-select it.
+        config=cohort_config_json(config),
+        folder=lambda wildcards, input: (
+            f"--input-dir {shlex.quote(input.folder)}" if "folder" in input.keys() else ""
+        ),
     log:
         f"{P['logs']}/manifest.log",
     conda:
         ENV
     shell:
-        "spine-idc manifest --source {params.source} --input-dir {input.folder:q}"
-        " --out {output.manifest} --file-lists {output.file_lists} > {log} 2>&1"
+        # The log is also shown, so an offline `make run` says why it stopped.
+        "spine-idc manifest --config-json {params.config} {params.folder}"
+        " --out {output.manifest} --file-lists {output.file_lists} 2>&1 | tee {log}"
+
+
+rule download:
+    input:
+        manifest=ancient(rules.manifest.output.manifest),
+    output:
+        directory(P["download"]),
+    params:
+        config=config_json(config),
+    retries: config["download"]["retries"]
+    log:
+        f"{P['logs']}/download/{{series}}.log",
+    resources:
+        mem_mb=2000,
+        runtime=lambda wildcards, attempt: 30 + 30 * attempt,
+        # The attempt number reaches the job this way; its last attempt records a failure.
+        download_attempt=lambda wildcards, attempt: attempt,
+    conda:
+        ENV
+    shell:
+        "spine-idc download --manifest {input.manifest} --series {wildcards.series}"
+        " --config-json {params.config} --attempt {resources.download_attempt}"
+        " --out {output} >> {log} 2>&1"
