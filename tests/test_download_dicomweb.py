@@ -35,7 +35,7 @@ def _orthanc(tmp_dir: Path, **kwargs):
 RECORD_KEYS = {
     "series_key", "series_instance_uid", "study_instance_uid", "patient_id", "modality",
     "series_description", "n_instances", "collection_id", "body_part", "license", "size_mb",
-    "location", "index_version",
+    "location", "index_version", "study_description",
 }
 AUTH_ENV = (dicomweb.TOKEN_ENV, dicomweb.USER_ENV, dicomweb.PASSWORD_ENV)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,45 +19,9 @@ from pydicom.uid import generate_uid
 
 from spine_idc.phantom import write_phantom
 
-from dciodvfy import dciodvfy_errors
+from workflow_run import _keys, check_outputs, snakemake
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir: Path, *config: str, check: bool = True, popen: bool = False):
-    cmd = [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(REPO / "config.yaml"),
-        "--cores", "2", "--keep-going", "--rerun-incomplete",
-        *[c for c in config if c.startswith("--")],
-        "--config", *[c for c in config if not c.startswith("--")],
-    ]
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    if popen:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if check and out.returncode != 0:
-        logs = "\n".join(p.read_text()[-2000:] for p in (workdir / "logs").rglob("*.log"))
-        raise AssertionError(f"snakemake failed:\n{out.stderr[-4000:]}\n--- job logs ---\n{logs}")
-    return out
-
-
-def check_outputs(workdir: Path, keys: list[str]) -> pd.DataFrame:
-    for key in keys:
-        for name in ("seg.dcm", "sr.dcm"):
-            path = workdir / "results" / "series" / key / name
-            assert path.exists(), f"{path} missing"
-            assert dciodvfy_errors(path) == [], f"{path} fails dciodvfy"
-    seg = pydicom.dcmread(workdir / "results" / "series" / keys[0] / "seg.dcm")
-    import highdicom as hd
-
-    assert len(hd.seg.Segmentation.from_dataset(seg).segment_numbers) >= 1
-    table = pd.read_parquet(workdir / "results" / "cohort" / "measurements.parquet")
-    assert set(table["series_key"]) == set(keys)
-    return table
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +29,6 @@ def demo_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
     snakemake(workdir, "source=phantom", "phantom={'count': 2, 'first_seed': 3, 'size': 'test'}")
     return workdir
-
-
-def _keys(workdir: Path) -> list[str]:
-    manifest = pd.read_csv(workdir / "results" / "manifest.tsv", sep="\t", dtype=str)
-    return list(manifest["series_key"])
 
 
 def test_phantom_demo_end_to_end(demo_run):

@@ -59,7 +59,8 @@ WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 PATIENT_ID, MODALITY, SERIES_DESCRIPTION = "00100020", "00080060", "0008103E"
 BODY_PART, N_SERIES_INSTANCES = "00180015", "00201209"
-SERIES_FIELDS = (N_SERIES_INSTANCES, BODY_PART, SERIES_DESCRIPTION, PATIENT_ID)
+STUDY_DESCRIPTION = "00081030"
+SERIES_FIELDS = (N_SERIES_INSTANCES, BODY_PART, SERIES_DESCRIPTION, PATIENT_ID, STUDY_DESCRIPTION)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +247,8 @@ def _series_record(
         "size_mb": 0.0,
         "location": f"{server_name(client)}/studies/{study_uid}/series/{series_uid}",
         "index_version": "",
+        # not a manifest column, but `query.study_description` filters on it
+        "study_description": _text(item, STUDY_DESCRIPTION),
     }
 
 
