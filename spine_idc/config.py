@@ -139,6 +139,7 @@ class DownloadConfig:
     tool_retries: int
     backoff_s: float
     timeout_s: float
+    stall_s: float
     probe_timeout_s: float
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from ..atomic import atomic_dir, write_text
-from ..errors import SeriesError, TransientError
+from ..errors import SeriesError, SpineIdcError, TransientError
 from ..outcome import Failure, write_failure
 from .verify import verify_series
 
@@ -54,7 +54,7 @@ def _fetch(row, dest: Path, remote: Remote):
 
         return fetch_s3_series(row.location, dest, series_key=row.series_key,
                                endpoint_url=opts.endpoint_url, retries=opts.tool_retries,
-                               timeout_s=opts.timeout_s)
+                               timeout_s=opts.timeout_s, stall_s=opts.stall_s)
     if row.source == "dicomweb":
         from .dicomweb import fetch_dicomweb_series, make_client
 
@@ -113,11 +113,16 @@ def download_series(row, out_dir: Path, remote: Remote, *, attempt: int = 1) -> 
                                              series_instance_uid=row.series_instance_uid,
                                              n_instances=row.n_instances)
                     break
-                except SeriesError as err:
-                    if verify_try == 2 or err.reason == "not-found":
+                except SeriesError as err:  # the tool's own SeriesErrors are not re-fetched
+                    if verify_try == 2:
                         raise
                     log.warning("%s; fetching the series once more", err)
-        except TransientError as err:
+        except SeriesError as err:
+            log.error("%s", err)
+            return _record(tmp, err, row)
+        except SpineIdcError as err:
+            if not isinstance(err, TransientError):
+                raise  # a broken installation or a full disk: stop the job, record nothing
             if not last_attempt:
                 log.error("attempt %d of %d failed: %s", attempt, opts.retries + 1, err)
                 raise
@@ -125,10 +130,7 @@ def download_series(row, out_dir: Path, remote: Remote, *, attempt: int = 1) -> 
                                   f"{err.message} (after {attempt} attempts)",
                                   hint=err.hint or "check the network and the endpoint, then run again")
             log.error("%s", failure)
-            return _record(tmp, failure)
-        except SeriesError as err:
-            log.error("%s", err)
-            return _record(tmp, err)
+            return _record(tmp, failure, row)
         seconds = time.monotonic() - started
         info = {
             "series_key": row.series_key,
@@ -147,9 +149,11 @@ def download_series(row, out_dir: Path, remote: Remote, *, attempt: int = 1) -> 
     return None
 
 
-def _record(folder: Path, err: SeriesError) -> Failure:
+def _record(folder: Path, err: SeriesError, row) -> Failure:
     shutil.rmtree(folder / DICOM_DIR, ignore_errors=True)  # never keep a partial series
     failure = Failure.from_error("download", err)
+    if failure.path:  # the file is gone with the temporary folder: name the object instead
+        failure = dataclasses.replace(failure, path=f"{row.location.rstrip('/')}/{Path(failure.path).name}")
     write_failure(folder, failure)
     return failure
 
