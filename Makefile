@@ -25,7 +25,8 @@ demo: $(STAMP)
 	$(SNAKEMAKE) --directory demo --configfile $(CURDIR)/config.yaml --config source=phantom
 	@echo "demo: SEG/SR in demo/results/series/*/, cohort in demo/results/cohort/"
 
-# The workflow as config.yaml stands, in this folder.
+# The workflow as config.yaml stands, in this folder: a small real cohort from IDC (needs the
+# internet; offline it stops within seconds and says so).
 run: $(STAMP)
 	$(SNAKEMAKE) --configfile config.yaml
 	@echo "run: SEG/SR in results/series/*/, cohort in results/cohort/"
@@ -35,6 +36,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/stages.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/query.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/download_s3.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/download_dicomweb.py
 
 clean:
 	rm -rf demo results work logs resources .snakemake

@@ -18,15 +18,17 @@ from .outcome import read_failure
 
 log = logging.getLogger(__name__)
 
-FAILURE_COLUMNS = [
-    "series_key", "series_instance_uid", "study_instance_uid", "patient_id",
-    "stage", "reason", "message", "hint", "path",
+# Who the series is and where it came from (licence included: it travels with derived data).
+ID_COLUMNS = [
+    "series_key", "series_instance_uid", "study_instance_uid", "patient_id", "source",
+    "collection_id", "license",
 ]
+FAILURE_FIELDS = ["stage", "reason", "message", "hint", "path"]
+FAILURE_COLUMNS = ID_COLUMNS + FAILURE_FIELDS
 
 
-MEASUREMENT_COLUMNS = [
-    "series_key", "series_instance_uid", "study_instance_uid", "patient_id", "level",
-    "label_value", "voxel_count", "volume_ml", "trabecular_mean_hu", "trabecular_median_hu",
+MEASUREMENT_COLUMNS = ID_COLUMNS + [
+    "level", "label_value", "voxel_count", "volume_ml", "trabecular_mean_hu", "trabecular_median_hu",
     "trabecular_voxels", "body_height_anterior_mm", "body_height_middle_mm",
     "body_height_posterior_mm", "height_ratio", "touches_border", "centroid_x_mm",
     "centroid_y_mm", "centroid_z_mm", "identified", "qc_flags", "qc_pass", "seg_path", "sr_path",
@@ -48,11 +50,14 @@ def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], li
             "series_instance_uid": entry.series_instance_uid,
             "study_instance_uid": entry.study_instance_uid,
             "patient_id": entry.patient_id,
+            "source": entry.source,
+            "collection_id": entry.collection_id,
+            "license": entry.license,
         }
         # The segment folder carries the series' failure, whichever stage it happened in.
         failure = read_failure(layout.path("segment", key, root))
         if failure is not None:
-            failures.append({**ids, **{k: getattr(failure, k) for k in FAILURE_COLUMNS[4:]}})
+            failures.append({**ids, **{k: getattr(failure, k) for k in FAILURE_FIELDS}})
             continue
         measured = layout.path("measure", key, root)
         if not measured.exists():

@@ -44,7 +44,7 @@ def test_dicomweb_source_end_to_end(tmp_path):
             upload(server, files)
         upload(server, mr[:12])
         work = tmp_path / "run"
-        snakemake(work, "source=dicomweb", f"dicomweb_url={server.url}", "dicomweb={'auth': 'none'}")
+        snakemake(work, "source=dicomweb", f"dicomweb_url={server.url}")  # the command
     keys = _keys(work)
     assert sorted(keys) == sorted(series)
     manifest = pd.read_csv(work / "results" / "manifest.tsv", sep="\t", dtype=str)
@@ -118,7 +118,8 @@ def test_idc_source_end_to_end_on_a_local_s3(tmp_path):
     assert sorted(manifest["series_key"]) == sorted(uid[n] for n in ("good-a", "good-b", "missing", "cut"))
     assert set(manifest["index_version"]) == {f"v{idc_release()}"}
     assert set(manifest["collection_id"]) == {"spine_phantoms"} and set(manifest["license"]) == {"CC BY 4.0"}
-    check_outputs(work, [uid["good-a"], uid["good-b"]])
+    table = check_outputs(work, [uid["good-a"], uid["good-b"]])
+    assert set(table["collection_id"]) == {"spine_phantoms"} and set(table["license"]) == {"CC BY 4.0"}
     failures = pd.read_csv(work / "results" / "cohort" / "failures.csv", dtype=str)
     got = dict(zip(failures["series_key"], zip(failures["stage"], failures["reason"])))
     assert got == {uid["missing"]: ("download", "incomplete-download"),
