@@ -1,17 +1,37 @@
-"""Coded concepts, defined once: the vertebra label table and the codes SEG and SR use.
+"""Coded concepts, defined once: the label table and the codes SEG and SR use.
 
-Label values follow the VerSe challenge numbering (1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5,
-26 sacrum), so VerSe masks and our label maps can be compared directly.  Vertebrae that the
-segmenter finds but cannot name get values from :data:`UNIDENTIFIED_BASE` upwards, in
-cranio-caudal order, and are coded as a generic vertebra.
+Label values
+------------
+Vertebrae follow the VerSe challenge numbering, so VerSe masks and our label maps can be compared
+directly.  VerSe uses 1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6, 26 sacrum, 27 coccyx and 28 T13
+(the ``v_dict`` of VerSe's ``data_utilities.py``); we take over 1-24 and 26 and leave 25, 27 and
+28 unused so that they keep VerSe's meaning if they are ever added.  Structures VerSe does not
+label get values no VerSe mask can hold:
 
-Sources of the codes:
+* 29 S1: the first value after VerSe's range.  TotalSegmentator (v2) has a class
+  ``vertebrae_S1`` beside ``sacrum``; a backend that labels S1 apart writes 29 for S1 and 26 for
+  the rest of the sacrum, one that does not writes 26 for the whole sacrum, as VerSe does.
+* 60 spinal cord: the value SPINEPS / TPTBox (the VerSe group's successor tools) give the cord.
 
-* vertebra levels: DICOM PS3.16 CID 7603 "Vertebra" (SNOMED CT);
-* sacrum 54735007, generic vertebra 51282000 and category 123037004 "Anatomical Structure" (see the note at CATEGORY_ANATOMICAL_STRUCTURE):
-  DICOM PS3.16 CID 7151 / CID 7150;
-* measurement codes: DICOM PS3.16 (DCM 112031 "Attenuation Coefficient", SCT 118565006
-  "Volume") and UCUM for units.
+Vertebrae the segmenter finds but cannot name get values from :data:`UNIDENTIFIED_BASE` upwards,
+in cranio-caudal order, and are coded as a generic vertebra.  :data:`LEVELS` lists the 25 levels
+the classical segmenter names (C1-L5 and sacrum, in cranio-caudal order, ``index`` 0-24);
+:data:`LABEL_TABLE` is every row, including S1 and the spinal cord for network backends.
+
+Sources of the codes (checked by ``tests/test_coding.py`` against pydicom's copy of PS3.16)
+-----------------------------------------------------------------------------------------
+* C1-L5: DICOM PS3.16 CID 7603 "Vertebra" (SNOMED CT), identical in code and meaning to
+  TotalSegmentator's ``totalsegmentator_snomed_mapping.csv`` (v2.18);
+* sacrum 54735007, spinal cord 2748008, generic vertebra 51282000 and spine 421060004:
+  CID 7151 "Segmentation Property Types" (the first three also in TotalSegmentator's table,
+  with the same meanings);
+* S1 65985001 "S1 vertebra": TotalSegmentator's table; no PS3.16 context group has an S1
+  concept (CID 7151 and CID 7603 stop at L5, then "Sacrum");
+* category 123037004 "Anatomical Structure": see the note at
+  :data:`CATEGORY_ANATOMICAL_STRUCTURE`;
+* measurements: CID 7469 "Generic Intensity and Size Measurements" (Volume, Attenuation
+  Coefficient, Height), CID 7464 "General Region of Interest Measurement Modifiers" (Mean,
+  Median, the TID 1419 "Derivation"), CID 7181 units (UCUM);
 * SR context: CID 100 (procedure), CID 2 (anatomic modifiers), CID 230 (yes/no), CID 7162
   (algorithm families); concepts without a standard code use the local scheme ``99SPINEIDC``.
 """
@@ -25,18 +45,20 @@ from pydicom.sr.coding import Code
 
 
 class Region(enum.Enum):
-    """Spinal region a level belongs to."""
+    """Spinal region a row of the label table belongs to."""
 
     CERVICAL = "cervical"
     THORACIC = "thoracic"
     LUMBAR = "lumbar"
     SACRAL = "sacral"
     UNKNOWN = "unknown"
+    #: Not a vertebra (the spinal cord runs through several regions).
+    NONE = "none"
 
 
 @dataclasses.dataclass(frozen=True)
 class Level:
-    """One row of the label table: a vertebra, its label value, code and display colour."""
+    """One row of the label table: a vertebra (or the spinal cord), its value, code and colour."""
 
     name: str
     value: int
@@ -46,14 +68,28 @@ class Level:
 
     @property
     def index(self) -> int:
-        """Cranio-caudal position among the named levels (C1 is 0); -1 if unidentified."""
+        """Position among the classical segmenter's :data:`LEVELS` (C1 is 0, sacrum 24); -1 for
+        other rows (S1, spinal cord) and unidentified vertebrae."""
         return _ORDER.get(self.name, -1)
 
+    @property
+    def is_vertebra(self) -> bool:
+        """Whether the row is a vertebra (or the sacrum), not another structure."""
+        return self.region is not Region.NONE
 
-#: Segmented property category "Anatomical Structure" as SCT 123037004, the code that IDC's
-#: existing vertebra SEGs (TotalSegmentator on NLST, dcmqi's mapping of SRT T-D000A) carry, so
-#: one BigQuery filter finds theirs and ours.  pydicom's CID 7150 table lists 91723000 for the
-#: same meaning; we keep 123037004 for interoperability with the IDC collections.
+    @property
+    def rank(self) -> float:
+        """Cranio-caudal sort key of a named row (S1 between L5 and sacrum, the cord last);
+        unidentified vertebrae have none (``inf``): only their position orders them."""
+        return _RANK.get(self.name, float("inf"))
+
+
+#: Segmented property category (and SR finding category) "Anatomical Structure" as SCT
+#: 123037004.  This is the code TotalSegmentator's table, dcmqi/Slicer terminologies and IDC's
+#: existing vertebra SEGs carry, so one BigQuery filter finds theirs and ours.  PS3.16 CID 7150
+#: "Segmentation Property Categories" lists SCT 91723000 for "Anatomical Structure" instead
+#: (SNOMED CT's own name for 123037004 is "Body structure"); the issue asks for 123037004 and we
+#: keep it for interoperability with the IDC collections.
 CATEGORY_ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
 #: SCT 51282000 with the meaning "Vertebra" as listed in CID 7151 "Segmentation Property Types"
 #: (``codes.cid7151.Vertebra``; SNOMED's FSN is "Bone structure of spine"), for vertebrae whose
@@ -63,6 +99,7 @@ VERTEBRA_GENERIC = Code("51282000", "SCT", "Vertebra")
 #: is unknown.
 SPINE = Code("421060004", "SCT", "Spine")
 
+#: CID 7603 "Vertebra": C1-L5, SNOMED CT concept ids.
 _SNOMED = {
     "C1": "14806007", "C2": "39976000", "C3": "113205007", "C4": "5329002", "C5": "36978003",
     "C6": "36054005", "C7": "87391001",
@@ -70,7 +107,6 @@ _SNOMED = {
     "T6": "45296009", "T7": "62487009", "T8": "11068009", "T9": "82687006", "T10": "7610001",
     "T11": "12989004", "T12": "23215003",
     "L1": "66794005", "L2": "14293000", "L3": "36470004", "L4": "11994002", "L5": "49668003",
-    "sacrum": "54735007",
 }
 
 _NAMES = (
@@ -80,7 +116,12 @@ _NAMES = (
     + ["sacrum"]
 )
 _ORDER = {name: i for i, name in enumerate(_NAMES)}
+_RANK: dict[str, float] = {**_ORDER, "S1": _ORDER["L5"] + 0.5, "spinal_cord": len(_NAMES) + 1.0}
 SACRUM_VALUE = 26
+#: S1 when a backend labels it apart from the rest of the sacrum (not a VerSe value).
+S1_VALUE = 29
+#: The spinal cord, as SPINEPS / TPTBox number it (not a VerSe value).
+SPINAL_CORD_VALUE = 60
 UNIDENTIFIED_BASE = 101
 
 
@@ -90,7 +131,7 @@ def _region(name: str) -> Region:
     )
 
 
-def _colour(i: int, n: int) -> tuple[int, int, int]:
+def _colour(i: int) -> tuple[int, int, int]:
     # A hue wheel, alternating lightness so neighbouring levels differ clearly in a viewer.
     import colorsys
 
@@ -102,18 +143,30 @@ def _value(name: str) -> int:
     return SACRUM_VALUE if name == "sacrum" else _ORDER[name] + 1
 
 
+#: The levels the classical segmenter names, cranio-caudally: ``LEVELS[i].index == i``.
 LEVELS: tuple[Level, ...] = tuple(
     Level(
         name=name,
         value=_value(name),
         region=_region(name),
-        code=Code(_SNOMED[name], "SCT", "Sacrum" if name == "sacrum" else f"{name} vertebra"),
-        rgb=_colour(i, len(_NAMES)),
+        code=Code("54735007", "SCT", "Sacrum") if name == "sacrum"
+        else Code(_SNOMED[name], "SCT", f"{name} vertebra"),
+        rgb=_colour(i),
     )
     for i, name in enumerate(_NAMES)
 )
-LEVEL_BY_NAME = {lv.name: lv for lv in LEVELS}
-LEVEL_BY_VALUE = {lv.value: lv for lv in LEVELS}
+#: Rows for structures only a network backend labels (see the module docstring).
+EXTRA_ROWS: tuple[Level, ...] = (
+    Level("S1", S1_VALUE, Region.SACRAL, Code("65985001", "SCT", "S1 vertebra"),
+          _colour(len(_NAMES))),
+    # TotalSegmentator's colour for the cord.
+    Level("spinal_cord", SPINAL_CORD_VALUE, Region.NONE, Code("2748008", "SCT", "Spinal cord"),
+          (255, 215, 0)),
+)
+#: The whole label table: every named label value and its codes.
+LABEL_TABLE: tuple[Level, ...] = LEVELS + EXTRA_ROWS
+LEVEL_BY_NAME = {lv.name: lv for lv in LABEL_TABLE}
+LEVEL_BY_VALUE = {lv.value: lv for lv in LABEL_TABLE}
 
 
 def level_for_value(value: int) -> Level:
@@ -129,24 +182,31 @@ def level_for_value(value: int) -> Level:
             code=VERTEBRA_GENERIC,
             rgb=(200, 200, 200),
         )
-    raise KeyError(f"label value {value} is not in the vertebra label table")
+    raise KeyError(f"label value {value} is not in the label table")
 
 
 def level_for_index(index: int) -> Level:
-    """The named level at cranio-caudal position ``index`` (0 is C1, 24 is sacrum)."""
+    """The named level at cranio-caudal position ``index`` of :data:`LEVELS` (0 is C1, 24 is
+    sacrum)."""
     return LEVEL_BY_NAME[_NAMES[index]]
 
 
 N_NAMED_LEVELS = len(_NAMES)
 
 # --- SR measurement concepts -------------------------------------------------------------
+# TID 1411 includes TID 1419 "ROI Measurements": concept names from CID 7469 "Generic Intensity
+# and Size Measurements", units from CID 7181 (UCUM), Derivation (DCM 121401) from CID 7464.
+# Code meanings are those of PS3.16.
+#: Volume of the segment, from its voxel count (the IBSI "volume (voxel counting)" definition).
 VOLUME = Code("118565006", "SCT", "Volume")
+#: CT numbers of the trabecular core, with Derivation Mean or Median.
 ATTENUATION_COEFFICIENT = Code("112031", "DCM", "Attenuation Coefficient")
 VERTEBRAL_BODY_HEIGHT = Code("121207", "DCM", "Height")
 MEAN = Code("373098007", "SCT", "Mean")
 MEDIAN = Code("373099004", "SCT", "Median")
-UNIT_ML = Code("ml", "UCUM", "milliliter")
-UNIT_MM = Code("mm", "UCUM", "millimeter")
+#: CID 7181 has mm3 and cm3 but no ml, so volumes are reported in mm3.
+UNIT_MM3 = Code("mm3", "UCUM", "cubic millimeter")
+UNIT_MM = Code("mm", "UCUM", "mm")
 UNIT_HU = Code("[hnsf'U]", "UCUM", "Hounsfield unit")
 UNIT_RATIO = Code("1", "UCUM", "no units")
 

@@ -4,15 +4,18 @@ One Comprehensive 3D SR per series holding a TID 1500 "Measurement Report":
 
 * TID 1001 observation context with a TID 1002/1004 *device* observer: the algorithm;
 * Procedure Reported from CID 100 (:data:`spine_idc.coding.PROCEDURE_CT`);
-* one TID 1411 "Volumetric ROI Measurements and Qualitative Evaluations" group per vertebra,
-  referencing its segment in the SEG (Referenced Segment + Source Series for Segmentation), with
-  the SEG's tracking identifier/UID, Finding Category "Anatomical Structure" (CID 7150), Finding
-  Type "Vertebra" (CID 7151) and Finding Site = the level (CID 7603; "Spine" when unknown), a
-  TID 4019 algorithm identification and TID 300 measurements:
+* one TID 1411 "Volumetric ROI Measurements and Qualitative Evaluations" group per measured
+  segment, referencing its segment in the SEG (Referenced Segment + Source Series for
+  Segmentation), with the SEG's tracking identifier/UID, Finding Category "Anatomical Structure"
+  (the SEG's segmented property category), Finding Type "Vertebra" (CID 7151; for a structure
+  that is not a vertebra, its own code) and Finding Site = the level (CID 7603; "Spine" when
+  unknown), a TID 4019 algorithm identification and TID 1419 measurements (concept names from
+  CID 7469, units from CID 7181):
 
-  - Volume (SCT 118565006) in ml;
-  - Attenuation Coefficient (DCM 112031) in [hnsf'U], Derivation (CID 7464) Mean and Median,
-    Measurement Method = the local concept "Trabecular core of vertebral body";
+  - Volume (SCT 118565006) in mm3 (CID 7181 has no ml);
+  - Attenuation Coefficient (DCM 112031) in [hnsf'U] twice, told apart by Derivation
+    (DCM 121401, CID 7464) Mean and Median; Measurement Method = the local concept "Trabecular
+    core of vertebral body";
   - Height (DCM 121207) in mm three times, told apart by the finding site's topographical
     modifier (CID 2: Anterior, Central, Posterior);
   - the local concept "Vertebral body height ratio", unit "1";
@@ -57,7 +60,8 @@ def _yes_no(flag: bool):
 def _measurements(m: VertebraMeasurement, site) -> list:
     import highdicom as hd
 
-    out = [hd.sr.Measurement(name=coding.VOLUME, value=m.volume_ml, unit=coding.UNIT_ML)]
+    out = [hd.sr.Measurement(name=coding.VOLUME, value=m.volume_ml * 1000.0,
+                             unit=coding.UNIT_MM3)]
     for value, derivation in ((m.trabecular_mean_hu, coding.MEAN),
                               (m.trabecular_median_hu, coding.MEDIAN)):
         if value is not None:
@@ -142,6 +146,18 @@ def build_sr(
     for m in sorted(measurements, key=lambda m: segment_of[m.level]):
         level = coding.level_for_value(m.label_value)
         site = level.code if m.label_value < coding.UNIDENTIFIED_BASE else coding.SPINE
+        evaluations = [
+            hd.sr.QualitativeEvaluation(coding.QC_TOUCHES_BORDER, _yes_no(m.touches_border))
+        ]
+        if level.is_vertebra:
+            evaluations += [
+                hd.sr.QualitativeEvaluation(
+                    coding.QC_LEVEL_IDENTIFIED, _yes_no(m.label_value < coding.UNIDENTIFIED_BASE)
+                ),
+                hd.sr.QualitativeEvaluation(
+                    coding.QC_TRABECULAR_CORE, _yes_no(m.trabecular_mean_hu is not None)
+                ),
+            ]
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
@@ -154,22 +170,11 @@ def build_sr(
                     source_series=hd.sr.SourceSeriesForSegmentation(info.series_instance_uid),
                 ),
                 finding_category=coding.CATEGORY_ANATOMICAL_STRUCTURE,
-                finding_type=coding.VERTEBRA_GENERIC,
+                finding_type=coding.VERTEBRA_GENERIC if level.is_vertebra else level.code,
                 finding_sites=[hd.sr.FindingSite(site)],
                 algorithm_id=algorithm_id,
                 measurements=_measurements(m, site),
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(
-                        coding.QC_TOUCHES_BORDER, _yes_no(m.touches_border)
-                    ),
-                    hd.sr.QualitativeEvaluation(
-                        coding.QC_LEVEL_IDENTIFIED,
-                        _yes_no(m.label_value < coding.UNIDENTIFIED_BASE),
-                    ),
-                    hd.sr.QualitativeEvaluation(
-                        coding.QC_TRABECULAR_CORE, _yes_no(m.trabecular_mean_hu is not None)
-                    ),
-                ],
+                qualitative_evaluations=evaluations,
             )
         )
     if qc:

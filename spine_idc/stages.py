@@ -269,7 +269,9 @@ def series_qc(qc: dict) -> dict[str, bool]:
     """Series-level QC answers for the SR from the segmenter's QC record."""
     from .coding import LEVEL_BY_NAME
 
+    # Vertebrae in cranio-caudal order; S1 and the cord (index -1) are not part of the run.
     named = [LEVEL_BY_NAME[n].index for n in qc.get("levels", []) if n in LEVEL_BY_NAME]
+    named = [i for i in named if i >= 0]
     contiguous = bool(named) and named == list(range(named[0], named[0] + len(named)))
     return {"spine_found": bool(qc.get("levels")), "labels_contiguous": contiguous}
 

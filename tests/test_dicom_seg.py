@@ -79,8 +79,10 @@ def write_synthetic_series(
     pixel_spacing=(0.8, 0.6),
     slice_step: float = 2.5,
     blank_uids: bool = False,
+    descending: bool = True,
 ) -> list[Path]:
-    """A tiny valid CT series; file ``00`` is the *highest* slice (descending order)."""
+    """A tiny valid CT series; file ``00`` (InstanceNumber 1) is the *highest* slice along the
+    normal (descending order), or the lowest with ``descending=False``."""
     folder.mkdir(parents=True, exist_ok=True)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     iop = np.asarray(iop, dtype=float)
@@ -108,7 +110,7 @@ def write_synthetic_series(
         ds.PatientPosition, ds.Laterality, ds.PositionReferenceIndicator = "HFS", None, ""
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.ImageOrientationPatient = [f"{v:g}" for v in iop]
-        pos = origin + normal * slice_step * (n_slices - 1 - n)
+        pos = origin + normal * slice_step * ((n_slices - 1 - n) if descending else n)
         ds.ImagePositionPatient = [f"{v:.4f}" for v in pos]
         ds.SliceLocation = f"{float(normal @ pos):.4f}"
         ds.PixelSpacing = [f"{v:g}" for v in pixel_spacing]
@@ -152,7 +154,7 @@ def seg_to_label_map(seg, info: SeriesInfo) -> np.ndarray:
         assert_missing_frames_are_empty=True,
     )  # (k, rows, columns) of segment numbers
     values = {int(s.SegmentNumber): _value_of(str(s.SegmentLabel)) for s in seg.SegmentSequence}
-    lut = np.zeros(max(values) + 1, dtype=np.uint8)
+    lut = np.zeros(max(values.values()) + 1, dtype=np.uint8)
     for number, value in values.items():
         lut[number] = value
     return lut[pixels].transpose(2, 1, 0)
@@ -201,6 +203,198 @@ def test_synthetic_frames_land_on_the_right_voxels(synthetic, tmp_path):
     decoded = np.vectorize(lambda n: seg_values.get(int(n), 0))(vol.array.reshape(-1))
     np.testing.assert_array_equal(decoded, lab[i, j, k])
     assert (decoded > 0).sum() == (lab > 0).sum()
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    a, b = [n for n in range(3) if n != axis]
+    r = np.eye(3)
+    r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
+    return r
+
+
+_OBLIQUE = _rotation(2, 10.0) @ _rotation(0, 25.0)
+#: ImageOrientationPatient of the series the geometry test writes, by patient orientation.
+ORIENTATIONS = {
+    "axial-HFS": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    "axial-FFS": (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    "axial-HFP": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
+    "sagittal": (0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+    "coronal": (1.0, 0.0, 0.0, 0.0, 0.0, -1.0),
+    "oblique": tuple(np.r_[_OBLIQUE[:, 0], _OBLIQUE[:, 1]].round(6)),
+}
+
+
+def _pixel_positions(ipp, iop, pixel_spacing, rows: int, columns: int) -> np.ndarray:
+    """LPS centres of the pixels of a DICOM frame, ``[row, column, xyz]`` (PS3.3 C.7.6.2.1.1)."""
+    iop = np.asarray(iop, dtype=float)
+    ps = np.asarray(pixel_spacing, dtype=float)  # (between rows, between columns)
+    r, c = np.meshgrid(np.arange(rows), np.arange(columns), indexing="ij")
+    return (np.asarray(ipp, dtype=float) + c[..., None] * ps[1] * iop[:3]
+            + r[..., None] * ps[0] * iop[3:])
+
+
+class _PatientSpaceTruth:
+    """Label values as a function of patient position: asymmetric boxes in the series' extent.
+
+    Box edges are nominal fractions of the extent, each moved to the middle of the gap between
+    the voxel centres nearest to it, and no centre may come closer to an edge than ``margin``
+    mm, so that rounding in the DICOM headers cannot move a voxel across an edge.
+    """
+
+    BOXES = (  # value, (low, high) fraction of the extent along L, P, S
+        (20, ((0.0, 0.49), (0.21, 1.0), (0.0, 0.51))),
+        (19, ((0.31, 1.0), (0.0, 0.69), (0.51, 1.0))),
+        (101, ((0.61, 1.0), (0.0, 1.0), (0.86, 1.0))),
+    )
+
+    def __init__(self, points: np.ndarray, margin: float = 1e-3) -> None:
+        flat = points.reshape(-1, 3)
+        low, size = flat.min(axis=0), np.ptp(flat, axis=0)
+        self.boxes = []
+        for value, box in self.BOXES:
+            edges = []
+            for axis, fractions in enumerate(box):
+                along = np.unique(flat[:, axis])
+                edges.append(tuple(self._between(along, low[axis] + f * size[axis],
+                                                 0.05 * size[axis], margin)
+                                   for f in fractions))
+            self.boxes.append((value, edges))
+
+    @staticmethod
+    def _between(along: np.ndarray, nominal: float, window: float, margin: float) -> float:
+        """The middle of the widest gap between sorted ``along`` values near ``nominal``."""
+        if nominal <= along[0] or nominal >= along[-1]:
+            return -np.inf if nominal <= along[0] else np.inf
+        lo, hi = np.searchsorted(along, [nominal - window, nominal + window])
+        near = along[max(lo - 1, 0) : hi + 1]
+        widest = int(np.argmax(np.diff(near)))
+        assert near[widest + 1] - near[widest] > 2 * margin, "no room for an edge"
+        return float((near[widest] + near[widest + 1]) / 2.0)
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        out = np.zeros(points.shape[:-1], dtype=np.uint8)
+        for value, edges in self.boxes:
+            inside = np.ones(points.shape[:-1], dtype=bool)
+            for axis, (lo, hi) in enumerate(edges):
+                inside &= (points[..., axis] >= lo) & (points[..., axis] <= hi)
+            out[inside] = value
+        return out
+
+
+@pytest.mark.parametrize("descending", [True, False], ids=["descending", "ascending"])
+@pytest.mark.parametrize("orientation", list(ORIENTATIONS))
+def test_frames_sit_on_the_source_geometry(tmp_path, orientation, descending):
+    """Every SEG frame carries the position and orientation of the source instance it
+    references, and its pixels are the labels found at those pixels' patient positions.
+
+    The truth is a function of patient position (LPS); the label map is sampled from it through
+    the volume's affine, and the SEG is checked through the DICOM geometry of its own frames
+    (Plane Position / Orientation, Pixel Spacing) and of the source headers, never through the
+    label-map array or the affine.
+    """
+    write_synthetic_series(tmp_path / "ct", n_slices=10, rows=18, columns=22,
+                           iop=ORIENTATIONS[orientation], descending=descending)
+    ct, info = load_series(tmp_path / "ct", pixels=False)
+    sources = {}
+    for f in info.files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        sources[ds.SOPInstanceUID] = ds
+    source_points = np.stack([
+        _pixel_positions(ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing,
+                         ds.Rows, ds.Columns) for ds in sources.values()
+    ])
+    truth = _PatientSpaceTruth(source_points)
+    m = LPS_TO_RAS @ ct.affine
+    ijk = np.indices(ct.array.shape).reshape(3, -1)
+    voxel_points = (m[:3, :3] @ ijk + m[:3, 3:4]).T.reshape(*ct.array.shape, 3)
+    lab = truth(voxel_points)
+    assert {19, 20, 101} <= set(np.unique(lab))
+
+    path = write_seg(Volume(lab, ct.affine), info, ALGORITHM, tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(path)
+    values = {int(s.SegmentNumber): _value_of(str(s.SegmentLabel)) for s in seg.SegmentSequence}
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+    spacing = shared.PixelMeasuresSequence[0].PixelSpacing
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    seen = set()
+    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        ipp = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        (derivation,) = item.DerivationImageSequence
+        (ref,) = derivation.SourceImageSequence
+        source = sources[ref.ReferencedSOPInstanceUID]
+        np.testing.assert_allclose(ipp, np.asarray(source.ImagePositionPatient, float), atol=1e-4)
+        np.testing.assert_allclose(iop, np.asarray(source.ImageOrientationPatient, float),
+                                   atol=1e-6)
+        np.testing.assert_allclose(np.asarray(spacing, float),
+                                   np.asarray(source.PixelSpacing, float))
+        expected = truth(_pixel_positions(ipp, iop, spacing, seg.Rows, seg.Columns))
+        np.testing.assert_array_equal(frame, expected == values[number])
+        seen.add((ref.ReferencedSOPInstanceUID, values[number]))
+    # no frame missing: every (source instance, value) with voxels has its frame
+    wanted = {(uid, int(v)) for uid, points in zip(sources, source_points)
+              for v in np.unique(truth(points)) if v}
+    assert seen == wanted
+
+
+def test_references_every_source_instance(synthetic, tmp_path):
+    ct, info = synthetic
+    lab = np.zeros(ct.array.shape, dtype=np.uint8)
+    lab[3:9, 4:10, 2:5] = 20  # three of the twelve slices
+    seg = pydicom.dcmread(write_seg(Volume(lab, ct.affine), info, ALGORITHM, tmp_path / "s.dcm"))
+    (series,) = seg.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == info.series_instance_uid
+    refs = {(r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID)
+            for r in series.ReferencedInstanceSequence}
+    assert refs == {(CTImageStorage, uid) for uid in info.sop_instance_uids}
+    assert int(seg.NumberOfFrames) == 3
+    framed = [item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+              for item in seg.PerFrameFunctionalGroupsSequence]
+    assert sorted(framed) == sorted(info.sop_instance_uids[2:5])
+
+
+def test_label_map_memory_layout_does_not_matter(synthetic):
+    """NIfTI label maps are Fortran-ordered, others C-ordered: the same SEG either way."""
+    ct, info = synthetic
+    lab = two_level_labels(ct.array.shape)
+    a = build_seg(Volume(np.asfortranarray(lab), ct.affine), info, ALGORITHM)
+    b = build_seg(Volume(np.ascontiguousarray(lab).astype(np.int32), ct.affine), info, ALGORITHM)
+    assert a.PixelData == b.PixelData
+    np.testing.assert_array_equal(seg_to_label_map(b, info), lab)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        build_seg(Volume(lab.astype(np.float32), ct.affine), info, ALGORITHM)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        build_seg(Volume(-lab.astype(np.int16), ct.affine), info, ALGORITHM)
+
+
+def test_sacral_and_cord_rows(synthetic, tmp_path):
+    """S1 and the spinal cord (rows for network backends) are coded from the same table and
+    ordered anatomically: L5, S1, sacrum, then the cord after the vertebrae."""
+    import highdicom as hd
+
+    ct, info = synthetic
+    ni, nj, nk = ct.array.shape
+    lab = np.zeros(ct.array.shape, dtype=np.uint8)
+    lab[2:10, 2:8, 9:12] = 24  # L5 at the top
+    lab[2:10, 2:8, 6:9] = coding.S1_VALUE
+    lab[2:10, 2:8, 0:6] = coding.SACRUM_VALUE
+    lab[12:15, 10:13, :] = coding.SPINAL_CORD_VALUE
+    path = write_seg(Volume(lab, ct.affine), info, ALGORITHM, tmp_path / "seg.dcm")
+    seg = hd.seg.segread(path)
+    segs = list(seg.SegmentSequence)
+    assert [s.SegmentLabel for s in segs] == ["L5", "S1", "sacrum", "spinal_cord"]
+    types = [(s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+              s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning) for s in segs]
+    assert types == [("49668003", "L5 vertebra"), ("65985001", "S1 vertebra"),
+                     ("54735007", "Sacrum"), ("2748008", "Spinal cord")]
+    for s in segs:
+        colour = hd.color.CIELabColor.from_dicom_value(tuple(s.RecommendedDisplayCIELabValue))
+        np.testing.assert_allclose(colour.to_rgb(), coding.LEVEL_BY_NAME[s.SegmentLabel].rgb,
+                                   atol=1)
+    np.testing.assert_array_equal(seg_to_label_map(seg, info), lab)
+    assert_valid(path)
 
 
 def test_segment_descriptions_and_order(synthetic, tmp_path):

@@ -83,6 +83,9 @@ def test_sr_content_reads_back(case):
 
     groups = content.get_volumetric_roi_measurement_groups()
     assert [g.tracking_identifier for g in groups] == ["T12", "L1"]  # SEG segment order
+    # one group per SEG segment, each referencing its own
+    assert sorted(int(g.referenced_segment[0].ReferencedSOPSequence[0].ReferencedSegmentNumber)
+                  for g in groups) == sorted(int(s.SegmentNumber) for s in seg.SegmentSequence)
     seg_by_label = {s.SegmentLabel: s for s in seg.SegmentSequence}
     by_level = {m.level: m for m in measurements}
     for g in groups:
@@ -98,12 +101,20 @@ def test_sr_content_reads_back(case):
         assert g.finding_sites[0].value == coding.LEVEL_BY_NAME[m.level].code
 
         (vol,) = g.get_measurements(name=coding.VOLUME)
-        assert vol.value == pytest.approx(m.volume_ml) and vol.unit == coding.UNIT_ML
+        assert vol.value == pytest.approx(m.volume_ml * 1000) and vol.unit == coding.UNIT_MM3
         hu = {x.derivation: x for x in g.get_measurements(name=coding.ATTENUATION_COEFFICIENT)}
         assert hu[coding.MEAN].value == pytest.approx(m.trabecular_mean_hu)
         assert hu[coding.MEDIAN].value == pytest.approx(m.trabecular_median_hu)
         assert hu[coding.MEAN].unit == coding.UNIT_HU
         assert hu[coding.MEAN].method == coding.TRABECULAR_CORE
+        # TID 1419: the statistic is a HAS CONCEPT MOD "Derivation" (DCM 121401) from CID 7464
+        for stat, code in ((coding.MEAN, "373098007"), (coding.MEDIAN, "373099004")):
+            (mod,) = [i for i in hu[stat][0].ContentSequence
+                      if i.ConceptNameCodeSequence[0].CodeValue == "121401"]
+            assert mod.RelationshipType == "HAS CONCEPT MOD" and mod.ValueType == "CODE"
+            assert mod.ConceptNameCodeSequence[0].CodingSchemeDesignator == "DCM"
+            assert (mod.ConceptCodeSequence[0].CodeValue,
+                    mod.ConceptCodeSequence[0].CodingSchemeDesignator) == (code, "SCT")
         assert m.trabecular_mean_hu == pytest.approx(150.0 + m.label_value)  # the painted core
         heights = {x.finding_sites[0].topographical_modifier: x.value
                    for x in g.get_measurements(name=coding.VERTEBRAL_BODY_HEIGHT)}
@@ -162,6 +173,37 @@ def test_bad_inputs(case):
         build_sr([stranger], seg, info, ALGORITHM)
 
 
+def test_sacral_and_cord_groups(tmp_path):
+    """S1 is a vertebra at its own finding site; the cord is its own finding, without the
+    vertebra QC questions; both validate."""
+    hd = _hd()
+    write_synthetic_series(tmp_path / "ct", n_slices=24, rows=64, columns=80,
+                           pixel_spacing=(0.8, 0.6), slice_step=1.5)
+    ct, info = load_series(tmp_path / "ct")
+    hu = np.full(ct.array.shape, 200.0, dtype=np.float32)
+    labels = np.zeros(ct.array.shape, dtype=np.uint8)
+    labels[15:65, 30:60, 1:11] = coding.S1_VALUE
+    labels[15:65, 30:60, 13:23] = 24  # L5
+    labels[35:45, 12:20, :] = coding.SPINAL_CORD_VALUE
+    bodies = np.where(labels == coding.SPINAL_CORD_VALUE, 0, labels).astype(np.uint8)
+    measurements = measure_vertebrae(Volume(hu, ct.affine), Volume(labels, ct.affine),
+                                     Volume(bodies, ct.affine), erosion_mm=1.0)
+    seg_path = write_seg(Volume(labels, ct.affine), info, ALGORITHM, tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(seg_path)
+    path = write_sr(measurements, seg, info, ALGORITHM, tmp_path / "sr.dcm")
+    groups = hd.sr.srread(path).content.get_volumetric_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["L5", "S1", "spinal_cord"]
+    l5, s1, cord = groups
+    assert s1.finding_type == coding.VERTEBRA_GENERIC
+    assert s1.finding_sites[0].value == coding.LEVEL_BY_NAME["S1"].code
+    assert s1.get_measurements(name=coding.ATTENUATION_COEFFICIENT)
+    assert cord.finding_type == coding.LEVEL_BY_NAME["spinal_cord"].code
+    assert cord.finding_sites[0].value == coding.LEVEL_BY_NAME["spinal_cord"].code
+    assert _qc(cord) == {coding.QC_TOUCHES_BORDER: coding.YES}
+    assert cord.get_measurements(name=coding.VERTEBRAL_BODY_HEIGHT) == []
+    assert_valid(path)
+
+
 @pytest.mark.real_data
 @pytest.mark.skipif(not CT3.is_dir(), reason=f"real test data not found at {CT3}")
 def test_real_ct3_seg_and_sr(tmp_path):
@@ -190,7 +232,7 @@ def test_real_ct3_seg_and_sr(tmp_path):
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert [g.tracking_identifier for g in groups] == ["L4", "L5"]
     for g, m in zip(groups, measurements):
-        assert g.get_measurements(name=coding.VOLUME)[0].value == pytest.approx(m.volume_ml)
+        assert g.get_measurements(name=coding.VOLUME)[0].value == pytest.approx(m.volume_ml * 1e3)
         qc = _qc(g)
         assert qc[coding.QC_TOUCHES_BORDER] == coding.YES  # 3 slices: every label touches
     for path in (seg_path, sr_path):
