@@ -103,6 +103,13 @@ def _cmd_sr(args) -> int:
     return 0
 
 
+def _cmd_publish(args) -> int:
+    from .stages import publish
+
+    publish(args.converted, args.seg, args.sr, args.series, args.options, args.out, attempt=args.attempt)
+    return 0
+
+
 def _cmd_cohort(args) -> int:
     from .cohort import write_cohort
 
@@ -178,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seg", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=_cmd_sr)
+
+    s = sub.add_parser("publish", help="store one series' SEG and SR in a DICOMweb store (STOW-RS)")
+    s.add_argument("--converted", type=Path, required=True)
+    s.add_argument("--seg", type=Path, required=True)
+    s.add_argument("--sr", type=Path, required=True)
+    s.add_argument("--series", required=True)
+    s.add_argument("--options", type=_options("publish"), default=_options("publish")("{}"))
+    s.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number (1-based)")
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=_cmd_publish)
 
     s = sub.add_parser("cohort", help="gather measurements and failures of every series")
     s.add_argument("--manifest", type=Path, required=True)

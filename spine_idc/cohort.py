@@ -32,11 +32,18 @@ MEASUREMENT_COLUMNS = ID_COLUMNS + [
     "trabecular_voxels", "body_height_anterior_mm", "body_height_middle_mm",
     "body_height_posterior_mm", "height_ratio", "touches_border", "centroid_x_mm",
     "centroid_y_mm", "centroid_z_mm", "identified", "qc_flags", "qc_pass", "seg_path", "sr_path",
+    "viewer_url",
 ]
 
 
 def _vertebra_flags(qc: dict, label_value: int) -> list[str]:
     return list(qc.get("flags", {}).get(str(label_value), []))
+
+
+def _published(key: str, root) -> dict:
+    """The publish record of a series (``{}`` when results are not published)."""
+    record = layout.path("publish", key, root)
+    return json.loads(record.read_text()) if record.exists() else {}
 
 
 def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], list[dict]]:
@@ -59,6 +66,9 @@ def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], li
         if failure is not None:
             failures.append({**ids, **{k: getattr(failure, k) for k in FAILURE_FIELDS}})
             continue
+        published = _published(key, root)
+        if published.get("failure"):  # measured, but the store refused or stayed unreachable
+            failures.append({**ids, **{k: published["failure"].get(k, "") for k in FAILURE_FIELDS}})
         measured = layout.path("measure", key, root)
         if not measured.exists():
             raise SpineIdcError(f"series {key} has neither measurements nor a failure record ({measured})")
@@ -81,6 +91,7 @@ def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], li
                     "qc_pass": not flags and not m.get("touches_border", False),
                     "seg_path": str(layout.path("seg", key)),
                     "sr_path": str(layout.path("sr", key)),
+                    "viewer_url": published.get("viewer_url", ""),
                 }
             )
     return rows, failures

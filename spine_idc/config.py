@@ -144,6 +144,20 @@ class DownloadConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PublishConfig:
+    to: str
+    url: str
+    auth: str
+    replace: bool
+    include_source: bool
+    retries: int
+    tool_retries: int
+    backoff_s: float
+    timeout_s: float
+    viewer_template: str
+
+
+@dataclasses.dataclass(frozen=True)
 class DicomwebConfig:
     auth: str
 
@@ -166,6 +180,7 @@ class Config:
     idc: IdcConfig
     download: DownloadConfig
     dicomweb: DicomwebConfig
+    publish: PublishConfig
     input_dir: Path
     phantom: PhantomConfig
     convert: dict[str, Any]
@@ -182,6 +197,7 @@ class Config:
             idc=IdcConfig(**data["idc"]),
             download=DownloadConfig(**data["download"]),
             dicomweb=DicomwebConfig(**data["dicomweb"]),
+            publish=PublishConfig(**data["publish"]),
             input_dir=Path(data["input_dir"]),
             phantom=PhantomConfig(**data["phantom"]),
             convert=dict(data["convert"]),
@@ -225,6 +241,7 @@ SECTION_TYPES = {
     "idc": IdcConfig,
     "download": DownloadConfig,
     "dicomweb": DicomwebConfig,
+    "publish": PublishConfig,
     "phantom": PhantomConfig,
     "convert": _convert_options,
     "segment": SegmentConfig,

@@ -19,6 +19,7 @@ PATTERNS: dict[str, str] = {
     "measure": "work/measure/{series}.json",
     "seg": "results/series/{series}/seg.dcm",
     "sr": "results/series/{series}/sr.dcm",
+    "publish": "work/publish/{series}.json",
     "cohort_parquet": "results/cohort/measurements.parquet",
     "cohort_csv": "results/cohort/measurements.csv",
     "failures": "results/cohort/failures.csv",

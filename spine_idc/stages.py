@@ -278,3 +278,45 @@ def series_qc(qc: dict) -> dict[str, bool]:
 
 def _tuples(m: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}
+
+
+def publish(converted: Path, seg: Path, sr: Path, series_key: str, options, out: Path,
+            attempt: int = 1) -> Failure | None:
+    """STOW-RS the series' SEG and SR (and, if asked, its source CT) to ``options.url``.
+
+    Writes ``out`` (JSON): the store, the viewer URL and each instance's status, or the failure.
+    A refusal by the store (4xx) is recorded at once; a network fault raises while Snakemake
+    attempts remain (``publish.retries``) and is recorded as ``publish-failed`` on the last one.
+    """
+    from .errors import TransientError
+    from .publish import publish_series
+    from .volume import SeriesInfo
+
+    if not options.url:
+        raise ConfigError("publish.to is dicomweb but publish.url is empty",
+                          hint="--config publish={'to': 'dicomweb', 'url': 'http://host:8042/dicom-web'}")
+    sources = SeriesInfo.read(converted / layout.SERIES_INFO).files if options.include_source else ()
+    record: dict = {"series_key": series_key, "store": options.url, "attempt": attempt}
+    failure = None
+    try:
+        result = publish_series(seg, sr, url=options.url, auth=options.auth, replace=options.replace,
+                                retries=options.tool_retries, backoff_s=options.backoff_s,
+                                timeout_s=options.timeout_s, template=options.viewer_template,
+                                source_files=sources, series_key=series_key)
+        record.update(store=result.store, viewer_url=result.viewer_url, seconds=round(result.seconds, 3),
+                      instances=[{**dataclasses.asdict(i), "status": str(i.status)} for i in result.instances])
+    except SeriesError as err:
+        log.error("publish failed: %s", err)
+        failure = Failure.from_error("publish", err)
+    except TransientError as err:
+        if attempt <= options.retries:
+            log.error("attempt %d of %d failed: %s", attempt, options.retries + 1, err)
+            raise
+        failure = Failure.from_error("publish", SeriesError(
+            series_key, "publish-failed", f"{err.message} (after {attempt} attempts)",
+            hint=err.hint or "check the store, then delete this record and run again"))
+        log.error("%s", failure.message)
+    if failure is not None:
+        record["failure"] = dataclasses.asdict(failure)
+    write_text(out, json.dumps(record, indent=2))
+    return failure

@@ -46,6 +46,20 @@ def test_rerun_does_nothing(demo_run):
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
+def test_lost_products_are_made_again_after_segmentation(tmp_path, demo_run):
+    """Killed after segmenting, before SEG/SR: the next run makes them (no outcome without them)."""
+    work = tmp_path / "copy"
+    shutil.copytree(demo_run, work, symlinks=True)
+    key = _keys(work)[0]
+    for lost in (work / "results" / "series" / key / "seg.dcm", work / "results" / "series" / key / "sr.dcm",
+                 work / "work" / "measure" / f"{key}.json", work / "work" / "outcome" / f"{key}.done",
+                 *(work / "results" / "cohort").iterdir()):
+        lost.unlink()
+    snakemake(work, "source=phantom", "phantom={'count': 2, 'first_seed': 3, 'size': 'test'}")
+    check_outputs(work, _keys(work))
+    assert f"results/series/{key}/seg.dcm" in (work / "work" / "outcome" / f"{key}.done").read_text()
+
+
 # --- a local folder with every kind of bad series ------------------------------------------
 
 

@@ -7,6 +7,7 @@ started by the tests.  Marked ``slow``: each runs Snakemake end to end.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -57,6 +58,37 @@ def test_dicomweb_source_end_to_end(tmp_path):
                       for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
         assert referenced == {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
     assert pd.read_csv(work / "results" / "cohort" / "failures.csv").empty
+
+
+@pytest.mark.skipif(not orthanc_available(), reason=UNAVAILABLE_REASON)
+def test_results_are_published_once_with_a_viewer_url(tmp_path):
+    """publish.to=dicomweb: SEG, SR and (include_source) the CT land in Orthanc; the cohort table
+    has the viewer URL; publishing again stores nothing twice."""
+    import requests
+
+    with start_orthanc(tmp_path / "orthanc") as server:
+        config = ("source=phantom", "phantom={'count': 1, 'first_seed': 0, 'size': 'test'}",
+                  f"publish={{'to': 'dicomweb', 'url': '{server.url}', 'include_source': True}}")
+        work = tmp_path / "run"
+        snakemake(work, *config)
+        (key,) = _keys(work)
+        table = check_outputs(work, [key])
+        assert set(table["viewer_url"]) == {table["viewer_url"].iloc[0]}
+        assert table["viewer_url"].iloc[0].startswith(f"{server.rest}/app/explorer.html#study?uuid=")
+        seg = pydicom.dcmread(work / "results" / "series" / key / "seg.dcm", stop_before_pixels=True)
+        sr = pydicom.dcmread(work / "results" / "series" / key / "sr.dcm", stop_before_pixels=True)
+        found = requests.get(f"{server.url}/studies/{seg.StudyInstanceUID}/series", timeout=30).json()
+        series = {item["0020000E"]["Value"][0]: item["00080060"]["Value"][0] for item in found}
+        assert series == {key: "CT", seg.SeriesInstanceUID: "SEG", sr.SeriesInstanceUID: "SR"}
+        before = requests.get(f"{server.rest}/statistics", timeout=30).json()["CountInstances"]
+        for done in (work / "work" / "publish" / f"{key}.json", work / "work" / "outcome" / f"{key}.done",
+                     *(work / "results" / "cohort").iterdir()):
+            done.unlink()  # publish again, as a fresh run against the same store would
+        snakemake(work, *config)
+        after = requests.get(f"{server.rest}/statistics", timeout=30).json()
+        assert after["CountInstances"] == before
+        record = json.loads((work / "work" / "publish" / f"{key}.json").read_text())
+        assert {i["status"] for i in record["instances"]} == {"already-present"}
 
 
 def write_standin_index(path: Path, series: list[tuple[list[Path], str, int]]) -> Path:

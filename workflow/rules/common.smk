@@ -1,4 +1,5 @@
 # Input functions; kept here so rule files hold only rules.
+import os
 
 REMOTE = config["source"] in ("idc", "dicomweb")  # series are downloaded before conversion
 
@@ -26,10 +27,18 @@ def series_products(wildcards):
     stage, so a single get() decides (chained checkpoint gets are not re-resolved when a
     killed run resumes).
     """
-    segmented = checkpoints.segment.get(series=wildcards.series).output[0]
+    segmented = P["segment"].format(series=wildcards.series)
+    if not os.path.isdir(segmented):  # published atomically: present means finished
+        # Not segmented yet: wait for the checkpoint. (A folder finished in an earlier run is
+        # read directly: Snakemake 9 leaves this get() unresolved, `<TBD>`, when the manifest
+        # checkpoint before it is already done, and would run `outcome` without its inputs.)
+        segmented = checkpoints.segment.get(series=wildcards.series).output[0]
     if read_failure(segmented):
         return [segmented]
-    return expand([P["measure"], P["seg"], P["sr"]], series=wildcards.series)
+    products = [P["measure"], P["seg"], P["sr"]]
+    if config["publish"]["to"] == "dicomweb":
+        products.append(P["publish"])
+    return expand(products, series=wildcards.series)
 
 
 def all_series_outcomes(wildcards):
