@@ -35,12 +35,12 @@ lint: $(STAMP)
 	$(BIN)/snakemake --snakefile workflow/Snakefile --lint
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/stages.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/seg_dcmqi.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/query.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/download_s3.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/download_dicomweb.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/publish.py
 
 clean:
 	rm -rf demo results work logs resources .snakemake
