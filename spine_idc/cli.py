@@ -57,7 +57,8 @@ def _config_json(text: str):
 def _cmd_manifest(args) -> int:
     from .stages import make_manifest
 
-    make_manifest(args.config_json, args.out, args.file_lists, input_dir=args.input_dir)
+    make_manifest(args.config_json, args.out, args.file_lists, input_dir=args.input_dir,
+                  shards=args.shards)
     return 0
 
 
@@ -65,6 +66,27 @@ def _cmd_download(args) -> int:
     from .stages import download
 
     download(args.manifest, args.series, args.config_json.remote(), args.out, attempt=args.attempt)
+    return 0
+
+
+# The config section each shard stage takes as --options (download: the source settings).
+SHARD_SECTIONS = {"download": None, "convert": "convert", "segment": "segment",
+                  "finish": "measure", "publish": "publish"}
+
+
+def _cmd_shard(args) -> int:
+    from . import shards
+    from .config import parse_section
+
+    section = SHARD_SECTIONS[args.stage]
+    if args.stage == "download":
+        shards.download(args.shard, _config_json(args.options).remote(), args.out, attempt=args.attempt)
+        return 0
+    options = parse_section(args.options, section)
+    if args.stage == "publish":
+        shards.publish(args.shard, options, args.out, attempt=args.attempt)
+    else:
+        getattr(shards, args.stage)(args.shard, options, args.out)
     return 0
 
 
@@ -140,7 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder to scan for the local and phantom sources (default: input_dir)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--file-lists", type=Path, required=True)
+    s.add_argument("--shards", type=Path, default=None, help="folder for the shard tables")
     s.set_defaults(func=_cmd_manifest)
+
+    s = sub.add_parser("shard", help="run one stage on every series of a shard")
+    s.add_argument("stage", choices=list(SHARD_SECTIONS))
+    s.add_argument("--shard", type=Path, required=True, help="the shard's manifest table")
+    s.add_argument("--options", default="{}",
+                   help="the stage's config section as JSON (download: the source settings)")
+    s.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number (1-based)")
+    s.add_argument("--out", type=Path, required=True, help="the shard's marker (JSON)")
+    s.set_defaults(func=_cmd_shard)
 
     s = sub.add_parser("download", help="fetch and verify one remote series of the manifest")
     s.add_argument("--manifest", type=Path, required=True)

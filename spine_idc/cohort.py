@@ -14,7 +14,7 @@ from . import layout
 from .atomic import atomic_path
 from .errors import SpineIdcError
 from .manifest import read_manifest
-from .outcome import read_failure
+from .stages import series_failure
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], li
             "collection_id": entry.collection_id,
             "license": entry.license,
         }
-        # The segment folder carries the series' failure, whichever stage it happened in.
-        failure = read_failure(layout.path("segment", key, root))
+        failure = series_failure(key, root)
         if failure is not None:
             failures.append({**ids, **{k: getattr(failure, k) for k in FAILURE_FIELDS}})
             continue

@@ -175,6 +175,7 @@ class Config:
     """The typed, validated configuration."""
 
     source: str
+    shard_size: int
     dicomweb_url: str
     query: dict[str, Any]
     idc: IdcConfig
@@ -192,6 +193,7 @@ class Config:
         data = validate_config(raw)
         return cls(
             source=data["source"],
+            shard_size=data["shard_size"],
             dicomweb_url=data["dicomweb_url"],
             query=dict(data["query"]),
             idc=IdcConfig(**data["idc"]),
@@ -254,7 +256,7 @@ def config_json(config: dict) -> str:
     return shlex.quote(json.dumps(config, sort_keys=True))
 
 
-COHORT_KEYS = ("source", "dicomweb_url", "input_dir", "query", "idc", "dicomweb")
+COHORT_KEYS = ("source", "shard_size", "dicomweb_url", "input_dir", "query", "idc", "dicomweb")
 
 
 def cohort_config_json(config: dict) -> str:
@@ -266,6 +268,12 @@ def cohort_config_json(config: dict) -> str:
     subset = {k: config[k] for k in COHORT_KEYS if k in config}
     download = config.get("download", {})
     subset["download"] = {k: download[k] for k in ("endpoint_url", "probe_timeout_s") if k in download}
+    return shlex.quote(json.dumps(subset, sort_keys=True))
+
+
+def remote_config_json(config: dict) -> str:
+    """:func:`config_json` of what the download stage needs (the source and how to reach it)."""
+    subset = {k: config[k] for k in ("source", "dicomweb_url", "dicomweb", "download") if k in config}
     return shlex.quote(json.dumps(subset, sort_keys=True))
 
 

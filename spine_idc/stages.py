@@ -61,7 +61,8 @@ def make_phantoms(seeds: list[int], size: str, out_dir: Path) -> None:
             write_phantom(seed, tmp / f"seed-{seed:04d}", size=size)
 
 
-def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = None) -> None:
+def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = None,
+                  shards: Path | None = None) -> None:
     """The manifest of ``cfg.source``: a folder scan, an IDC query or a QIDO-RS search.
 
     For remote sources the endpoint is probed first, so an offline run stops here, in seconds,
@@ -104,6 +105,10 @@ def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = Non
     if not rows:
         log.warning("the manifest is empty: no series matched")
     write_manifest(rows, out)
+    if shards is not None:
+        from .shards import write_shards
+
+        write_shards(rows, shards, cfg.shard_size)
 
 
 def download(manifest: Path, series_key: str, remote, out_dir: Path, attempt: int = 1) -> Failure | None:
@@ -131,6 +136,11 @@ def _manifest_row(manifest: Path, series_key: str):
 
 def convert(manifest: Path, series_key: str, options, out_dir: Path,
             downloaded: Path | None = None) -> Failure | None:
+    """:func:`convert_row` for the manifest row of ``series_key``."""
+    return convert_row(_manifest_row(manifest, series_key), options, out_dir, downloaded=downloaded)
+
+
+def convert_row(row, options, out_dir: Path, downloaded: Path | None = None) -> Failure | None:
     """DICOM series -> ``volume.nii.gz`` + ``series.json``, or ``failure.json``.
 
     Remote series are read from their verified ``downloaded`` folder; a failed download is
@@ -138,7 +148,7 @@ def convert(manifest: Path, series_key: str, options, out_dir: Path,
     """
     from .convert import load_series, write_converted
 
-    row = _manifest_row(manifest, series_key)
+    series_key = row.series_key
     if row.remote:
         if downloaded is None:
             raise SpineIdcError(f"series {series_key} comes from {row.source}: give its download folder")
@@ -229,6 +239,53 @@ def measure(converted: Path, segmented: Path, options: MeasureConfig, out: Path)
         "qc": qc,
     }
     write_text(out, json.dumps(record, indent=2))
+
+
+def finish_series(converted: Path, segmented: Path, measure_options: MeasureConfig,
+                  series_key: str) -> Failure | None:
+    """Measure, write the SEG, write the SR; record ``work/finish/<key>.json`` either way.
+
+    A series that cannot be finished (bad input found late, or an unexpected error) is recorded
+    with the step that failed, so the cohort lists it instead of waiting for it.
+    """
+    steps = (
+        ("measure", lambda: measure(converted, segmented, measure_options, layout.path("measure", series_key))),
+        ("seg", lambda: write_seg(converted, segmented, layout.path("seg", series_key))),
+        ("sr", lambda: write_sr(converted, layout.path("measure", series_key),
+                                layout.path("seg", series_key), layout.path("sr", series_key))),
+    )
+    failure = None
+    for step, run in steps:
+        try:
+            run()
+        except SeriesError as err:
+            log.error("%s failed: %s", step, err)
+            failure = Failure.from_error(step, err)
+        except Exception as exc:  # noqa: BLE001 - recorded, see _unexpected
+            log.exception("%s of series %s raised an unexpected error", step, series_key)
+            failure = Failure.from_error(step, SeriesError(
+                series_key, f"{step}-error", f"unexpected {type(exc).__name__}: {exc}",
+                hint="see the job log for the traceback; please report it"))
+        if failure is not None:
+            break
+    record = {"series_key": series_key, "status": "ok"}
+    if failure is not None:
+        record = {"series_key": series_key, "status": "failed", "failure": dataclasses.asdict(failure)}
+    write_text(layout.path("finish", series_key), json.dumps(record, indent=2))
+    return failure
+
+
+def series_failure(series_key: str, root: Path | str = ".") -> Failure | None:
+    """Why a series ended without products, whichever stage it failed in, or ``None``."""
+    failure = read_failure(layout.path("segment", series_key, root))
+    if failure is not None:
+        return failure
+    record = layout.path("finish", series_key, root)
+    if record.exists():
+        data = json.loads(record.read_text())
+        if data.get("failure"):
+            return Failure(**data["failure"])
+    return None
 
 
 def _algorithm(qc: dict, measure_options: dict | None = None):

@@ -47,17 +47,30 @@ def test_rerun_does_nothing(demo_run):
 
 
 def test_lost_products_are_made_again_after_segmentation(tmp_path, demo_run):
-    """Killed after segmenting, before SEG/SR: the next run makes them (no outcome without them)."""
+    """Killed after segmenting, part-way through SEG/SR: the next run makes them again."""
     work = tmp_path / "copy"
     shutil.copytree(demo_run, work, symlinks=True)
     key = _keys(work)[0]
+    # a finish job killed part-way: some products written, its shard marker (and the cohort) not
     for lost in (work / "results" / "series" / key / "seg.dcm", work / "results" / "series" / key / "sr.dcm",
-                 work / "work" / "measure" / f"{key}.json", work / "work" / "outcome" / f"{key}.done",
+                 work / "work" / "measure" / f"{key}.json", *(work / "work" / "done" / "finish").iterdir(),
                  *(work / "results" / "cohort").iterdir()):
         lost.unlink()
     snakemake(work, "source=phantom", "phantom={'count': 2, 'first_seed': 3, 'size': 'test'}")
     check_outputs(work, _keys(work))
-    assert f"results/series/{key}/seg.dcm" in (work / "work" / "outcome" / f"{key}.done").read_text()
+
+
+def test_an_enlarged_cohort_processes_only_the_new_series(tmp_path, demo_run):
+    """Two phantoms done; ask for three: the shards are re-cut, only the new series is computed."""
+    work = tmp_path / "copy"
+    shutil.copytree(demo_run, work, symlinks=True)
+    before = {k: (work / "results" / "series" / k / "seg.dcm").stat().st_mtime_ns for k in _keys(work)}
+    snakemake(work, "source=phantom", "phantom={'count': 3, 'first_seed': 3, 'size': 'test'}", "shard_size=2")
+    keys = _keys(work)
+    assert len(keys) == 3 and set(before) < set(keys)
+    check_outputs(work, keys)
+    for key, mtime in before.items():  # not computed again
+        assert (work / "results" / "series" / key / "seg.dcm").stat().st_mtime_ns == mtime
 
 
 # --- a local folder with every kind of bad series ------------------------------------------
@@ -148,8 +161,8 @@ def test_local_folder_with_bad_series(tmp_path):
     assert len(nouid) == 1
     got["nouid"] = got.pop(nouid[0])
     assert got == {k: r for k, r in expected.items() if r != "ok"}
-    for _, row in failures.iterrows():  # each job log names the series, the reason and the file
-        log = (tmp_path / "logs" / row["stage"] / f"{row['series_key']}.log").read_text()
+    for _, row in failures.iterrows():  # the shard's job log names the series, reason and file
+        log = "".join(p.read_text() for p in (tmp_path / "logs" / row["stage"]).glob("*.log"))
         assert f"series {row['series_key']}: {row['message']}" in log
         assert row["message"]
     assert failures.loc[failures["reason"] == "unreadable", "path"].notna().all()

@@ -81,7 +81,7 @@ def test_results_are_published_once_with_a_viewer_url(tmp_path):
         series = {item["0020000E"]["Value"][0]: item["00080060"]["Value"][0] for item in found}
         assert series == {key: "CT", seg.SeriesInstanceUID: "SEG", sr.SeriesInstanceUID: "SR"}
         before = requests.get(f"{server.rest}/statistics", timeout=30).json()["CountInstances"]
-        for done in (work / "work" / "publish" / f"{key}.json", work / "work" / "outcome" / f"{key}.done",
+        for done in (work / "work" / "publish" / f"{key}.json", *(work / "work" / "done" / "publish").iterdir(),
                      *(work / "results" / "cohort").iterdir()):
             done.unlink()  # publish again, as a fresh run against the same store would
         snakemake(work, *config)

@@ -1,26 +1,11 @@
-# Every series in the manifest ends in an outcome: SEG + SR + measurements, or a recorded
-# failure. The cohort table gathers them, driven by the manifest rows.
-
-
-rule outcome:
-    input:
-        series_products,
-    output:
-        "work/outcome/{series}.done",
-    log:
-        f"{P['logs']}/outcome/{{series}}.log",
-    localrule: True
-    conda:
-        ENV
-    shell:
-        # The marker lists what the series ended with: its products, or its failure record.
-        "printf '%s\\n' {input} > {output} 2> {log}"
+# Every series in the manifest ends in its products (measurements, SEG, SR) or a recorded
+# failure; the cohort table gathers them, driven by the manifest rows, once every shard is done.
 
 
 rule cohort:
     input:
         manifest=rules.manifest.output.manifest,
-        outcomes=all_series_outcomes,
+        shards=all_shards_done,
     output:
         parquet=P["cohort_parquet"],
         csv=P["cohort_csv"],

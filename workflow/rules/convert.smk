@@ -1,25 +1,22 @@
-# DICOM -> HU volume with checked geometry. A series that fails its checks (or whose download
-# failed) gets failure.json here instead of a volume; the segment checkpoint passes it on, and
-# nothing later runs for it.
+# DICOM -> HU volume with checked geometry, for every series of a shard. A series that fails its
+# checks (or whose download failed) gets failure.json instead of a volume, passed on by the
+# later stages.
 
 
 rule convert:
     input:
         unpack(convert_input),
     output:
-        directory(P["convert"]),
+        P["shard_done"].replace("{stage}", "convert"),
     params:
         options=section_json(config, "convert"),
-        downloaded=lambda wildcards, input: (
-            f"--downloaded {input.downloaded}" if "downloaded" in input.keys() else ""
-        ),
     log:
-        f"{P['logs']}/convert/{{series}}.log",
+        f"{P['logs']}/convert/{{shard}}.log",
     resources:
         mem_mb=4000,
-        runtime=15,
+        runtime=lambda wildcards: 2 * config["shard_size"] + 5,
     conda:
         ENV
     shell:
-        "spine-idc convert --manifest {input.manifest} --series {wildcards.series}"
-        " --options {params.options} {params.downloaded} --out {output} > {log} 2>&1"
+        "spine-idc shard convert --shard {input.shard} --options {params.options}"
+        " --out {output} > {log} 2>&1"

@@ -1,27 +1,25 @@
-# STOW-RS of each series' SEG and SR to a DICOMweb store (publish.to: dicomweb). Idempotent:
-# instances already in the store are left alone, so a re-run never duplicates them. The record
-# (store, viewer URL, per-instance status, or the failure) feeds the cohort table.
+# STOW-RS of each finished series' SEG and SR to a DICOMweb store (publish.to: dicomweb).
+# Idempotent: instances already in the store are left alone, so a re-run never duplicates them.
+# The per-series record (store, viewer URL, per-instance status, or the failure) feeds the cohort.
 
 
 rule publish:
     input:
-        converted=rules.convert.output[0],
-        seg=rules.seg.output[0],
-        sr=rules.sr.output[0],
+        shard=P["shard"],
+        finished=P["shard_done"].replace("{stage}", "finish"),
     output:
-        P["publish"],
+        P["shard_done"].replace("{stage}", "publish"),
     params:
         options=section_json(config, "publish"),
     retries: config["publish"]["retries"]
     log:
-        f"{P['logs']}/publish/{{series}}.log",
+        f"{P['logs']}/publish/{{shard}}.log",
     resources:
         mem_mb=2000,
-        # The attempt number reaches the job this way; its last attempt records a failure.
+        # The attempt number reaches the job this way; its last attempt records failures.
         publish_attempt=lambda wildcards, attempt: attempt,
     conda:
         ENV
     shell:
-        "spine-idc publish --converted {input.converted} --seg {input.seg} --sr {input.sr}"
-        " --series {wildcards.series} --options {params.options}"
+        "spine-idc shard publish --shard {input.shard} --options {params.options}"
         " --attempt {resources.publish_attempt} --out {output} >> {log} 2>&1"

@@ -1,22 +1,22 @@
-# Vertebra segmentation (backend chosen by segment.backend). The one checkpoint per series:
-# its folder holds the label maps, or failure.json (a failed conversion passed on, or a volume
-# without a usable spine), and decides what else the series must produce.
+# Vertebra segmentation (backend chosen by segment.backend) of every series of a shard: label
+# maps and a QC record per series, or failure.json (passed on, or a volume without a spine).
 
 
-checkpoint segment:
+rule segment:
     input:
-        converted=rules.convert.output[0],
+        shard=P["shard"],
+        converted=P["shard_done"].replace("{stage}", "convert"),
     output:
-        directory(P["segment"]),
+        P["shard_done"].replace("{stage}", "segment"),
     params:
         options=section_json(config, "segment"),
     log:
-        f"{P['logs']}/segment/{{series}}.log",
+        f"{P['logs']}/segment/{{shard}}.log",
     resources:
         mem_mb=8000,
-        runtime=30,
+        runtime=lambda wildcards: 2 * config["shard_size"] + 10,
     conda:
         ENV
     shell:
-        "spine-idc segment --converted {input.converted} --series {wildcards.series}"
-        " --options {params.options} --out {output} > {log} 2>&1"
+        "spine-idc shard segment --shard {input.shard} --options {params.options}"
+        " --out {output} > {log} 2>&1"

@@ -1,7 +1,8 @@
 # Where the series come from: an IDC cohort query, a DICOMweb server, synthetic phantoms or a
-# local folder. The manifest is a checkpoint: everything downstream fans out over its rows.
-# Per-series jobs take the manifest as ancient(): re-selecting the cohort (a larger sample, say)
-# adds jobs for the new series without re-running the others.
+# local folder. The manifest is the one checkpoint: it cuts the cohort into shards of
+# `shard_size` series, and every later stage runs one job per shard. A re-selected cohort re-runs
+# the shard jobs, which skip every series whose stamped result is current (spine_idc.shards).
+
 
 rule phantoms:
     output:
@@ -22,6 +23,7 @@ checkpoint manifest:
     output:
         manifest=P["manifest"],
         file_lists=directory(P["file_lists"]),
+        shards=directory(P["shards"]),
     params:
         # Only what defines the cohort, so that other settings do not re-select it.
         config=cohort_config_json(config),
@@ -35,27 +37,27 @@ checkpoint manifest:
     shell:
         # The log is also shown, so an offline `make run` says why it stopped.
         "spine-idc manifest --config-json {params.config} {params.folder}"
-        " --out {output.manifest} --file-lists {output.file_lists} 2>&1 | tee {log}"
+        " --out {output.manifest} --file-lists {output.file_lists} --shards {output.shards}"
+        " 2>&1 | tee {log}"
 
 
 rule download:
     input:
-        manifest=ancient(rules.manifest.output.manifest),
+        shard=P["shard"],
     output:
-        directory(P["download"]),
+        P["shard_done"].replace("{stage}", "download"),
     params:
-        config=config_json(config),
+        options=remote_config_json(config),
     retries: config["download"]["retries"]
     log:
-        f"{P['logs']}/download/{{series}}.log",
+        f"{P['logs']}/download/{{shard}}.log",
     resources:
         mem_mb=2000,
         runtime=lambda wildcards, attempt: 30 + 30 * attempt,
-        # The attempt number reaches the job this way; its last attempt records a failure.
+        # The attempt number reaches the job this way; its last attempt records failures.
         download_attempt=lambda wildcards, attempt: attempt,
     conda:
         ENV
     shell:
-        "spine-idc download --manifest {input.manifest} --series {wildcards.series}"
-        " --config-json {params.config} --attempt {resources.download_attempt}"
-        " --out {output} >> {log} 2>&1"
+        "spine-idc shard download --shard {input.shard} --options {params.options}"
+        " --attempt {resources.download_attempt} --out {output} >> {log} 2>&1"

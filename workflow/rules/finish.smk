@@ -1,0 +1,22 @@
+# Per series of a shard: measurements, then the DICOM Segmentation and the TID 1500 Structured
+# Report (results/series/<key>/seg.dcm, sr.dcm), or a recorded failure (work/finish/<key>.json).
+
+
+rule finish:
+    input:
+        shard=P["shard"],
+        segmented=P["shard_done"].replace("{stage}", "segment"),
+    output:
+        P["shard_done"].replace("{stage}", "finish"),
+    params:
+        options=section_json(config, "measure"),
+    log:
+        f"{P['logs']}/finish/{{shard}}.log",
+    resources:
+        mem_mb=4000,
+        runtime=lambda wildcards: 2 * config["shard_size"] + 5,
+    conda:
+        ENV
+    shell:
+        "spine-idc shard finish --shard {input.shard} --options {params.options}"
+        " --out {output} > {log} 2>&1"
