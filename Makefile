@@ -41,6 +41,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/download_s3.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/download_dicomweb.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/publish.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/plan.py
 
 clean:
 	rm -rf demo results work logs resources .snakemake

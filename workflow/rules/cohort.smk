@@ -12,6 +12,7 @@ rule cohort:
         failures=P["failures"],
     log:
         f"{P['logs']}/cohort.log",
+    localrule: True
     conda:
         ENV
     shell:

@@ -11,6 +11,7 @@ rule phantoms:
         options=section_json(config, "phantom"),
     log:
         f"{P['logs']}/phantoms.log",
+    localrule: True
     conda:
         ENV
     shell:
@@ -32,6 +33,7 @@ checkpoint manifest:
         ),
     log:
         f"{P['logs']}/manifest.log",
+    localrule: True
     conda:
         ENV
     shell:
