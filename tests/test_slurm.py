@@ -156,7 +156,8 @@ def test_phantom_cohort_on_slurm_survives_a_cancelled_job(cluster, tmp_path):
     submitted = SUBMITTED.findall(log)
     assert set(REMOTE_JOB.findall(log)) == {snakemake_id for snakemake_id, _ in submitted}
     assert sorted(job.job_id for job in jobs) == sorted(slurm_id for _, slurm_id in submitted)
-    assert {"phantoms", "convert", "segment"} <= {job.rule for job in jobs}
+    assert {"convert", "segment", "finish"} <= {job.rule for job in jobs}
+    assert not {"phantoms", "manifest", "cohort"} & {job.rule for job in jobs}  # local rules
     # Segmentation on the GPU partition with a GPU; everything else on the CPU partition.
     for job in jobs:
         if job.rule == "segment":
