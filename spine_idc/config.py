@@ -251,30 +251,30 @@ SECTION_TYPES = {
 }
 
 
-def config_json(config: dict) -> str:
-    """The whole validated configuration as a shell-quoted JSON argument (``--config-json``)."""
-    return shlex.quote(json.dumps(config, sort_keys=True))
+def _subset_json(config: dict, keys: tuple[str, ...], download_keys: tuple[str, ...] | None = None) -> str:
+    """Part of the validated configuration as a shell-quoted JSON argument (``--config-json``).
+
+    A job gets only the keys it depends on, so that Snakemake re-runs it when those change and
+    not when, say, the segmenter's options do.
+    """
+    subset = {k: config[k] for k in keys if k in config}
+    if download_keys is not None:
+        download = config.get("download", {})
+        subset["download"] = {k: download[k] for k in download_keys if k in download}
+    return shlex.quote(json.dumps(subset, sort_keys=True))
 
 
 COHORT_KEYS = ("source", "shard_size", "dicomweb_url", "input_dir", "query", "idc", "dicomweb")
 
 
 def cohort_config_json(config: dict) -> str:
-    """:func:`config_json` of only what selects the cohort (and the endpoint it probes).
-
-    The manifest job gets this, so that changing, say, the segmenter does not re-select the
-    cohort.
-    """
-    subset = {k: config[k] for k in COHORT_KEYS if k in config}
-    download = config.get("download", {})
-    subset["download"] = {k: download[k] for k in ("endpoint_url", "probe_timeout_s") if k in download}
-    return shlex.quote(json.dumps(subset, sort_keys=True))
+    """What selects the cohort (and the endpoint the manifest job probes): the manifest's input."""
+    return _subset_json(config, COHORT_KEYS, ("endpoint_url", "probe_timeout_s"))
 
 
 def remote_config_json(config: dict) -> str:
-    """:func:`config_json` of what the download stage needs (the source and how to reach it)."""
-    subset = {k: config[k] for k in ("source", "dicomweb_url", "dicomweb", "download") if k in config}
-    return shlex.quote(json.dumps(subset, sort_keys=True))
+    """What the download stage needs: the source and how to reach it."""
+    return _subset_json(config, ("source", "dicomweb_url", "dicomweb", "download"))
 
 
 def section_json(config: dict, section: str) -> str:

@@ -20,14 +20,17 @@ fetch only what is missing; the last attempt records those series as failed.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 from . import layout
 from .atomic import write_text
-from .errors import NetworkUnreachable, SpineIdcError, TransientError
+from .errors import NetworkUnreachable, TransientError
 from .manifest import ManifestRow, read_manifest, write_manifest
 from .outcome import Failure, read_failure
 
@@ -70,9 +73,6 @@ def read_stamp(stage: str, key: str) -> str:
 
 def stamp_for(stage: str, options, upstream: str) -> str:
     """What a series' result at ``stage`` depends on, hashed."""
-    import dataclasses
-    import hashlib
-
     from . import __version__
 
     opts = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options
@@ -90,8 +90,6 @@ def _write_stamp(stage: str, key: str, value: str) -> None:
 
 
 def _row_stamp(row: ManifestRow) -> str:
-    import dataclasses
-
     if row.remote:
         return read_stamp("download", row.series_key)
     return stamp_for("source", dataclasses.asdict(row), "")
@@ -113,41 +111,34 @@ def _retry_later(stage: str, transient: dict[str, TransientError]) -> None:
                              f"the others are done. First: {first.message}", hint=first.hint)
 
 
+def _download_stamp(row: ManifestRow) -> str:
+    return stamp_for("download", {"location": row.location, "n": row.n_instances}, "")
+
+
 def download(shard: Path, remote, marker: Path, attempt: int = 1) -> None:
     """Fetch every series of the shard not already fetched (verified, or failed for good)."""
-    from .download import download_series
+    from .stages import download_row
 
     outcomes: dict[str, str] = {}
     transient: dict[str, TransientError] = {}
     for row in read_manifest(shard):
-        out = layout.path("download", row.series_key)
+        key, out = row.series_key, layout.path("download", row.series_key)
         earlier = read_failure(out) if out.exists() else None
         if out.exists() and (earlier is None or earlier.reason != "download-failed"):
-            outcomes[row.series_key] = _status(earlier)  # fetched in an earlier run
-            if not read_stamp("download", row.series_key):
-                _write_stamp("download", row.series_key, stamp_for(
-                    "download", {"location": row.location, "n": row.n_instances}, ""))
+            outcomes[key] = _status(earlier)  # fetched in an earlier run
+            if not read_stamp("download", key):
+                _write_stamp("download", key, _download_stamp(row))
             continue
         if out.exists():  # a network failure recorded by an earlier run: try again
-            import shutil
-
             shutil.rmtree(out)
         try:
-            outcomes[row.series_key] = _status(download_series(row, out, remote, attempt=attempt))
-            _write_stamp("download", row.series_key, stamp_for("download", {"location": row.location,
-                                                                          "n": row.n_instances}, ""))
+            outcomes[key] = _status(download_row(row, remote, out, attempt=attempt))
         except NetworkUnreachable:
             raise  # the endpoint is gone: nothing else in the shard can succeed either
         except TransientError as err:
-            transient[row.series_key] = err
-        except SpineIdcError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - recorded per series
-            from .stages import _unexpected
-            from .atomic import atomic_dir
-
-            with atomic_dir(out) as tmp:
-                outcomes[row.series_key] = _status(_unexpected("download", tmp, row.series_key, exc))
+            transient[key] = err
+            continue
+        _write_stamp("download", key, _download_stamp(row))
     _retry_later("download", transient)
     _write_marker(marker, "download", outcomes)
 
@@ -196,11 +187,11 @@ def finish(shard: Path, measure_options, marker: Path) -> None:
             outcomes[key] = _status(upstream)
             continue
         want = stamp_for("finish", measure_options, read_stamp("segment", key))
-        if _current("finish", key, want, layout.path("finish", key)) and (
-                stages.series_failure(key) is not None
-                or (layout.path("seg", key).exists() and layout.path("sr", key).exists())):
-            outcomes[key] = _status(stages.series_failure(key))
-            continue
+        if _current("finish", key, want, layout.path("finish", key)):
+            earlier = stages.series_failure(key)
+            if earlier is not None or (layout.path("seg", key).exists() and layout.path("sr", key).exists()):
+                outcomes[key] = _status(earlier)
+                continue
         outcomes[key] = _status(stages.finish_series(
             layout.path("convert", key), segmented, measure_options, key))
         _write_stamp("finish", key, want)

@@ -112,17 +112,25 @@ def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = Non
 
 
 def download(manifest: Path, series_key: str, remote, out_dir: Path, attempt: int = 1) -> Failure | None:
-    """Fetch one remote series into ``out_dir/dicom`` (verified), or record ``failure.json``."""
+    """:func:`download_row` for the manifest row of ``series_key``."""
+    return download_row(_manifest_row(manifest, series_key), remote, out_dir, attempt=attempt)
+
+
+def download_row(row, remote, out_dir: Path, attempt: int = 1) -> Failure | None:
+    """Fetch one remote series into ``out_dir/dicom`` (verified), or record ``failure.json``.
+
+    Network faults propagate (:class:`~spine_idc.errors.TransientError`,
+    :class:`~spine_idc.errors.NetworkUnreachable`) for the caller to retry.
+    """
     from .download import download_series
 
-    row = _manifest_row(manifest, series_key)
     try:
         return download_series(row, out_dir, remote, attempt=attempt)
     except SpineIdcError:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded, see _unexpected
         with atomic_dir(out_dir) as tmp:
-            return _unexpected("download", tmp, series_key, exc)
+            return _unexpected("download", tmp, row.series_key, exc)
 
 
 def _manifest_row(manifest: Path, series_key: str):

@@ -18,12 +18,13 @@ import atexit
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from local_process import free_port, reap
 
 import requests
 
@@ -110,7 +111,7 @@ class Orthanc:
         fresh_port = self.port == 0
         for _attempt in range(5):
             if fresh_port:
-                self.port = _free_port()
+                self.port = free_port()
             config = self._write_config()
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen([ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT)
@@ -145,11 +146,7 @@ class Orthanc:
         self._reap()
 
     def _reap(self) -> None:
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_S)
+        reap(self.process, STOP_TIMEOUT_S)
         self.process = None
 
     def restart(self) -> Orthanc:
@@ -198,8 +195,3 @@ def upload(orthanc: Orthanc, files: Iterable[Path]) -> list[str]:
             ids.append(response.json()["ID"])
     return ids
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from local_process import free_port, reap
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -62,7 +63,7 @@ class MotoServer:
             raise RuntimeError("the moto server is already running")
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         for _attempt in range(5):
-            self.port = _free_port()
+            self.port = free_port()
             log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
             try:
                 self.process = subprocess.Popen(
@@ -99,11 +100,7 @@ class MotoServer:
         self._reap()
 
     def _reap(self) -> None:
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_S)
+        reap(self.process, STOP_TIMEOUT_S)
         self.process = None
 
     def __enter__(self) -> MotoServer:
@@ -241,8 +238,3 @@ def empty_location(endpoint: str, bucket: str = IDC_BUCKET) -> str:
     ensure_public_bucket(endpoint, bucket)
     return f"s3://{bucket}/{uuid.uuid4()}/"
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

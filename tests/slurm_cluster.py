@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from local_process import free_port
+
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 MARKER = "# spine-idc test cluster: removed when the test ends\n"
 LOCK = Path("/tmp/spine-idc-slurm-cluster.lock")
@@ -99,12 +101,6 @@ class SlurmCluster:
         self.command("scancel", job_id)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _real_memory_mb() -> int:
     """The node's memory as Slurm should offer it: MemTotal less 1 GiB for the system."""
     for line in Path("/proc/meminfo").read_text().splitlines():
@@ -118,8 +114,8 @@ def _slurm_conf(root: Path, node: str, munge_socket: Path) -> str:
     return f"""\
 {MARKER}ClusterName=spineidctest
 SlurmctldHost={node}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge

@@ -8,7 +8,6 @@ started by the tests.  Marked ``slow``: each runs Snakemake end to end.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pandas as pd
 import pydicom
 import pytest
 
+from local_process import free_port
 from orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc, upload
 from spine_idc.phantom import write_phantom
 from workflow_run import _keys, check_outputs, snakemake
@@ -167,17 +167,11 @@ def idc_release() -> int:
     return int(idc_index_data.__version__.split(".")[0])
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
-
-
 @pytest.mark.parametrize("endpoint", ["closed-port", "http://no-such-host.invalid"])
 def test_offline_idc_run_stops_within_seconds(tmp_path, endpoint):
     """What `make run` does without a network: one clear message, pointing at `make demo`."""
     if endpoint == "closed-port":
-        endpoint = f"http://127.0.0.1:{_closed_port()}"
+        endpoint = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     out = snakemake(tmp_path, "source=idc", f"download={{'endpoint_url': '{endpoint}'}}", check=False)
     elapsed = time.monotonic() - started
