@@ -38,7 +38,7 @@ def _cmd_validate_config(args) -> int:
 def _cmd_phantoms(args) -> int:
     from .stages import make_phantoms
 
-    make_phantoms(args.options.seeds, args.options.size, args.out)
+    make_phantoms(args.options.seeds, args.options.size, args.out, levels=args.options.levels)
     return 0
 
 

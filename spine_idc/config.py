@@ -115,6 +115,10 @@ class PhantomConfig:
     count: int
     first_seed: int
     size: str
+    levels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", tuple(self.levels))
 
     @property
     def seeds(self) -> list[int]:
@@ -124,7 +128,15 @@ class PhantomConfig:
 @dataclasses.dataclass(frozen=True)
 class SegmentConfig:
     backend: str
-    spacing_mm: float
+    spacing_mm: float = 1.0
+    model: str = ""
+    device: str = "auto"
+    amp: bool = True
+    sw_batch_size: int = 4
+    overlap: float = 0.25
+    fast: bool = False
+    with_cord: bool = False
+    home_dir: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -934,15 +934,17 @@ def write_dicom_series(phantom: Phantom, out_dir: Path, *, series_instance_uid: 
                  study_instance_uid=study_instance_uid)
 
 
-def write_phantom(seed: int, out_dir: Path, *, size: str = "test") -> tuple[list[Path], Path]:
+def write_phantom(seed: int, out_dir: Path, *, size: str = "test", levels=None) -> tuple[list[Path], Path]:
     """Generate phantom ``seed`` and write ``out_dir/dicom/*.dcm`` and ``out_dir/labels.nii.gz``.
+
+    ``levels`` as for :func:`spec_for_seed`.
 
     Returns
     -------
     tuple
         The DICOM files (in slice order ``k``) and the path of the ground-truth label map.
     """
-    phantom = make_phantom(spec_for_seed(seed, size=size))
+    phantom = make_phantom(spec_for_seed(seed, size=size, levels=levels))
     out_dir = Path(out_dir)
     files = write_dicom_series(phantom, out_dir / "dicom")
     labels_path = out_dir / "labels.nii.gz"

@@ -160,18 +160,30 @@ def convert(shard: Path, options, marker: Path) -> None:
 
 
 def segment(shard: Path, options, marker: Path) -> None:
-    from . import stages
+    """Segment the shard's stale series in one pipeline: the model is loaded once, and only if
+    some series needs it (see :mod:`spine_idc.segment_batch`)."""
+    from . import segment_batch, stages
 
-    outcomes = {}
+    identity = {**dataclasses.asdict(options), "identity": stages.segment_identity(options)}
+    outcomes: dict[str, str] = {}
+    jobs, wants = [], {}
+    order = [row.series_key for row in read_manifest(shard)]
     for row in read_manifest(shard):
         key, out = row.series_key, layout.path("segment", row.series_key)
-        want = stamp_for("segment", options, read_stamp("convert", key))
+        want = stamp_for("segment", identity, read_stamp("convert", key))
         if _current("segment", key, want, out):
             outcomes[key] = _status(read_failure(out))
             continue
-        outcomes[key] = _status(stages.segment(layout.path("convert", key), key, options, out))
-        _write_stamp("segment", key, want)
-    _write_marker(marker, "segment", outcomes)
+        jobs.append(segment_batch.SeriesJob(key, layout.path("convert", key), out))
+        wants[key] = want
+
+    def done(job, failure) -> None:
+        _write_stamp("segment", job.key, wants[job.key])
+
+    if jobs:
+        results = segment_batch.run(jobs, options, done)
+        outcomes.update({k: _status(f) for k, f in results.items()})
+    _write_marker(marker, "segment", {k: outcomes[k] for k in order})
 
 
 def finish(shard: Path, measure_options, marker: Path) -> None:

@@ -52,13 +52,16 @@ def _require_success(folder: Path, stage: str) -> None:
         )
 
 
-def make_phantoms(seeds: list[int], size: str, out_dir: Path) -> None:
-    """Generate one phantom series per seed into ``out_dir/seed-NNNN/`` (DICOM + ground truth)."""
+def make_phantoms(seeds: list[int], size: str, out_dir: Path, levels=()) -> None:
+    """Generate one phantom series per seed into ``out_dir/seed-NNNN/`` (DICOM + ground truth).
+
+    ``levels`` (first, last) centres every phantom on that range instead of a drawn scenario.
+    """
     from .phantom import write_phantom
 
     with atomic_dir(out_dir) as tmp:
         for seed in seeds:
-            write_phantom(seed, tmp / f"seed-{seed:04d}", size=size)
+            write_phantom(seed, tmp / f"seed-{seed:04d}", size=size, levels=tuple(levels) or None)
 
 
 def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = None,
@@ -186,34 +189,28 @@ def segment(converted: Path, series_key: str, options: SegmentConfig, out_dir: P
     """Volume -> vertebra label map, body map and QC record, or ``failure.json``.
 
     A failed conversion is passed on unchanged, so this stage's folder alone tells the
-    workflow whether the series goes further.
+    workflow whether the series goes further.  One series of :func:`spine_idc.segment_batch.run`,
+    which the workflow's shard jobs call with many.
     """
-    from .segment import get_backend
-    from .volume import read_nifti, write_nifti
+    from .segment_batch import SeriesJob, run
 
-    upstream = read_failure(converted)
-    if upstream is not None:
-        with atomic_dir(out_dir) as tmp:
-            write_failure(tmp, upstream)
-        return upstream
-    ct = read_nifti(converted / layout.VOLUME)
-    params = {"spacing_mm": options.spacing_mm}
-    backend = get_backend(options.backend, **params)
-    with atomic_dir(out_dir) as tmp:
+    return run([SeriesJob(series_key, Path(converted), Path(out_dir))], options)[series_key]
+
+
+def segment_identity(options: SegmentConfig) -> str:
+    """What, beyond the options, a segmentation depends on: the weights' checksum, the version."""
+    if options.backend == "monai":
+        from .segment.network import load_model
+
+        return load_model(options.model).sha256
+    if options.backend == "totalsegmentator":
+        import importlib.metadata
+
         try:
-            result = backend.segment(ct, series_key=series_key)
-            if not result.labels.array.any():
-                raise SegmentationError(series_key, "no-spine", "no vertebra was found")
-        except SeriesError as err:
-            return _record("segment", tmp, err)
-        except Exception as exc:  # noqa: BLE001 - recorded, see _unexpected
-            return _unexpected("segment", tmp, series_key, exc)
-        write_nifti(result.labels, tmp / layout.LABELS)
-        write_nifti(result.bodies, tmp / layout.BODIES)
-        qc = result.qc.to_dict()
-        qc["algorithm"] = {"name": backend.name, "version": backend.version, "parameters": params}
-        write_text(tmp / layout.QC, json.dumps(qc, indent=2))
-    return None
+            return importlib.metadata.version("TotalSegmentator")
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+    return ""
 
 
 def _qc(segmented: Path) -> dict:

@@ -199,12 +199,25 @@ class Backend(Protocol):
 #: added here by the issues that implement them; their modules are imported only on request.
 _REGISTRY: dict[str, str] = {
     "classical": "spine_idc.segment.classical:ClassicalBackend",
+    "monai": "spine_idc.segment.monai_backend:MonaiBackend",
+    "totalsegmentator": "spine_idc.segment.totalseg:TotalSegmentatorBackend",
 }
 
 
 def available_backends() -> list[str]:
     """Names :func:`get_backend` accepts."""
     return sorted(_REGISTRY)
+
+
+def backend_factory(name: str):
+    """The class (or factory) registered as ``name``; imports its module."""
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"unknown segmentation backend {name!r}; choose one of: "
+            + ", ".join(available_backends())
+        )
+    module_name, attr = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def get_backend(name: str, **options: Any) -> Backend:
@@ -216,13 +229,7 @@ def get_backend(name: str, **options: Any) -> Backend:
         If ``name`` is not a known backend (the message lists the choices) or an option is not
         one the backend takes.
     """
-    if name not in _REGISTRY:
-        raise ConfigError(
-            f"unknown segmentation backend {name!r}; choose one of: "
-            + ", ".join(available_backends())
-        )
-    module_name, attr = _REGISTRY[name].split(":")
-    factory = getattr(importlib.import_module(module_name), attr)
+    factory = backend_factory(name)
     params = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(options) - set(params))

@@ -1,0 +1,160 @@
+"""The ``monai`` backend: a trained MONAI network, sliding-window inference on the GPU.
+
+For each series: the CT is put on the model's grid (:mod:`.network`: reorientation, trilinear
+resampling and intensity normalisation, done on the inference device), a sliding-window
+inference runs with automatic mixed precision on CUDA, the class map is taken by argmax, one
+connected component is kept per level (on the device), and the labels come back to the CT's
+own grid.  :mod:`.labelmap` then checks the anatomical order, derives the bodies and writes the
+QC record on the CPU.
+
+The work is split for the shard pipeline (:func:`spine_idc.shards.segment`):
+:meth:`MonaiBackend.preprocess` (read side: orientation, resampling) runs in a loader thread
+for the next series while :meth:`MonaiBackend.infer` runs the network on the current one, and
+:meth:`MonaiBackend.finish` (CPU: bodies, QC) runs in a writer thread.
+
+Without CUDA the backend runs on the CPU and says so once in the log; ``device: cuda`` makes a
+missing GPU an error instead.  The model's weights are checksummed (SHA-256); the checksum,
+MONAI's and torch's versions go into the SEG's algorithm identification.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from ..errors import ConfigError, SegmentationError
+from ..volume import Volume
+from .base import SegmentationResult
+from .labelmap import finish_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A series on the network grid, ready for inference."""
+
+    ct: Volume
+    grid: object
+    image: object  # torch tensor [1, 1, X, Y, Z] on the inference device
+    seconds: float
+
+
+class MonaiBackend:
+    """Segment with a MONAI network described by ``model`` (a bundle or model.json folder).
+
+    Parameters
+    ----------
+    model:
+        The model folder (see :mod:`.network`).
+    device:
+        ``auto`` (CUDA if there is one, else CPU with a log line), ``cuda``, ``cuda:1`` or ``cpu``.
+    amp:
+        Automatic mixed precision (float16) on CUDA.
+    sw_batch_size, overlap:
+        Windows per forward pass and their overlap, for MONAI's sliding-window inferer.
+    """
+
+    name = "monai"
+
+    def __init__(self, model: str = "", device: str = "auto", amp: bool = True,
+                 sw_batch_size: int = 4, overlap: float = 0.25):
+        import monai
+        import torch
+
+        from .network import load_model
+
+        if not model:
+            raise ConfigError("segment.backend is monai but segment.model is empty",
+                              hint="--config segment={'backend': 'monai', 'model': 'path/to/bundle'}")
+        self.spec = load_model(model)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device == "cpu":
+                log.warning("monai backend: no CUDA device, running on the CPU (much slower)")
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"segment.device is {device} but torch sees no CUDA device",
+                              hint="use device: auto to fall back to the CPU")
+        self.device = torch.device(device)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.sw_batch_size, self.overlap = int(sw_batch_size), float(overlap)
+        net = self.spec.build_network()
+        state = torch.load(self.spec.checkpoint, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state and not any(
+                k.endswith(".weight") for k in state):
+            state = state["state_dict"]
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as err:
+            raise ConfigError(f"model {self.spec.folder}: weights do not fit the network: "
+                              f"{str(err).splitlines()[0]}") from err
+        self.net = net.to(self.device).eval()
+        self.version = f"monai {monai.__version__} torch {torch.__version__} sha256:{self.spec.sha256[:12]}"
+        self.parameters = {
+            "model": self.spec.name, "weights_sha256": self.spec.sha256,
+            "spacing_mm": list(self.spec.spacing_mm), "roi_size": list(self.spec.roi_size),
+            "device": self.device.type, "amp": self.amp, "overlap": self.overlap,
+        }
+        log.info("monai backend: model %s (sha256 %s) on %s%s", self.spec.name,
+                 self.spec.sha256[:12], self.device, ", mixed precision" if self.amp else "")
+
+    # -- the three steps of the shard pipeline --------------------------------------------
+    def preprocess(self, ct: Volume, series_key: str) -> Prepared:
+        from .network import network_grid, to_network
+
+        t = time.perf_counter()
+        g = network_grid(ct.array.shape, ct.affine, self.spec.spacing_mm, self.spec.orientation)
+        image = to_network(ct.array, g, self.spec.intensity, self.device)
+        return Prepared(ct=ct, grid=g, image=image, seconds=time.perf_counter() - t)
+
+    def infer(self, item: Prepared, series_key: str) -> tuple[np.ndarray, dict]:
+        """The network's level map on the CT grid (our values) and step timings."""
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        from .network import keep_largest_components, to_native
+
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
+                                                        enabled=self.amp):
+                logits = sliding_window_inference(
+                    item.image, self.spec.roi_size, self.sw_batch_size, self.net,
+                    overlap=self.overlap, mode="gaussian")
+        except torch.OutOfMemoryError as err:  # this series only: the shard goes on
+            item.image = None
+            torch.cuda.empty_cache()
+            raise SegmentationError(series_key, "out-of-memory",
+                                    f"the GPU ran out of memory on a {item.grid.shape} grid") from err
+        if logits.shape[1] != self.spec.n_channels:
+            raise ConfigError(f"model {self.spec.folder}: the network gives {logits.shape[1]} "
+                              f"channels, its label table {self.spec.n_channels}")
+        classes = torch.argmax(logits[0], dim=0)
+        del logits
+        sync()
+        t1 = time.perf_counter()
+        # Our values; every channel that is not spine becomes background.
+        lut = torch.zeros(self.spec.n_channels, dtype=torch.int16, device=classes.device)
+        for channel, value in self.spec.channels.items():
+            lut[channel] = value
+        levels = lut[classes]
+        levels = keep_largest_components(levels, sorted(set(self.spec.channels.values())))
+        native = to_native(levels, item.grid)
+        sync()
+        t2 = time.perf_counter()
+        timing = {"preprocess": round(item.seconds, 3), "infer": round(t1 - t0, 3),
+                  "postprocess_device": round(t2 - t1, 3)}
+        return native, timing
+
+    def finish(self, item: Prepared, native: np.ndarray, timing: dict, series_key: str) -> SegmentationResult:
+        return finish_labels(item.ct, native, series_key=series_key, backend=self.name,
+                             version=self.version, timing=timing, components_done=True)
+
+    def segment(self, ct: Volume, *, series_key: str) -> SegmentationResult:
+        item = self.preprocess(ct, series_key)
+        native, timing = self.infer(item, series_key)
+        return self.finish(item, native, timing, series_key)

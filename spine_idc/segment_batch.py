@@ -1,0 +1,177 @@
+"""The segment stage over a shard of series: the model loaded once, the GPU kept fed.
+
+A network backend splits its work in three (``preprocess``, ``infer``, ``finish``); this module
+runs them as a three-stage pipeline over the shard's series:
+
+* a **loader** thread reads the next series' volume and puts it on the model's grid (reading a
+  compressed 512x512x300 volume takes about a second: it must not leave the GPU idle);
+* the calling thread runs **inference**, one series at a time (one model in memory);
+* a **writer** thread derives bodies and QC and writes the label maps (gzip again).
+
+At most one series waits on each side, so memory stays bounded whatever the shard size.  A
+series that fails anywhere is recorded in its own folder (``failure.json``) and the shard goes
+on; a :class:`~spine_idc.errors.ConfigError` (weights missing, wrong device) is raised before
+the first series is touched, so a misconfigured batch stops at once instead of recording every
+series as failed.  Backends without the three steps (the classical one) are called per series
+through ``segment``; the loader still reads ahead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from . import layout
+from .atomic import atomic_dir, write_text
+from .config import SegmentConfig
+from .errors import SegmentationError, SeriesError
+from .outcome import Failure, read_failure, write_failure
+
+log = logging.getLogger(__name__)
+
+
+def backend_for(options: SegmentConfig):
+    """The configured backend, given only the options its constructor takes."""
+    from .segment import get_backend
+    from .segment.base import backend_factory
+
+    factory = backend_factory(options.backend)
+    wanted = inspect.signature(factory).parameters
+    params = {k: v for k, v in dataclasses.asdict(options).items() if k in wanted}
+    return get_backend(options.backend, **params), params
+
+
+def algorithm(backend, params: dict) -> dict:
+    """What goes into the SEG's algorithm identification."""
+    return {"name": backend.name, "version": backend.version,
+            "parameters": getattr(backend, "parameters", None) or params}
+
+
+@dataclasses.dataclass
+class SeriesJob:
+    """One series of the shard: where its volume is and where its result goes."""
+
+    key: str
+    converted: Path
+    out: Path
+
+
+@dataclasses.dataclass
+class _Loaded:
+    job: SeriesJob
+    item: object = None
+    failure: Failure | None = None  # upstream or load failure, recorded by the writer
+    error: BaseException | None = None
+
+
+def _record_error(job: SeriesJob, exc: BaseException) -> Failure:
+    if isinstance(exc, SeriesError):
+        log.error("segment failed: %s", exc)
+        return Failure.from_error("segment", exc)
+    log.error("segment of series %s raised an unexpected error", job.key, exc_info=exc)
+    return Failure.from_error("segment", SeriesError(
+        job.key, "segment-error", f"unexpected {type(exc).__name__}: {exc}",
+        hint="see the job log for the traceback; please report it"))
+
+
+def run(jobs: list[SeriesJob], options: SegmentConfig,
+        done: Callable[[SeriesJob, Failure | None], None] = lambda job, failure: None,
+        backend=None) -> dict[str, Failure | None]:
+    """Segment ``jobs`` in a pipeline; ``done`` is called (writer thread) as each is written.
+
+    Returns each series' failure (``None`` when it was segmented).
+    """
+    from .volume import read_nifti
+
+    if backend is None:
+        backend, params = backend_for(options)
+    else:
+        params = {}
+    algo = algorithm(backend, params)
+    stepwise = all(callable(getattr(backend, m, None)) for m in ("preprocess", "infer", "finish"))
+    results: dict[str, Failure | None] = {}
+    timing = {"wait_load": 0.0, "infer": 0.0}
+
+    def load(job: SeriesJob) -> _Loaded:
+        upstream = read_failure(job.converted)
+        if upstream is not None:
+            return _Loaded(job, failure=upstream)
+        try:
+            ct = read_nifti(job.converted / layout.VOLUME)
+            return _Loaded(job, item=backend.preprocess(ct, job.key) if stepwise else ct)
+        except Exception as exc:  # noqa: BLE001 - one bad series must not stop the shard
+            return _Loaded(job, error=exc)
+
+    def write(loaded: _Loaded, outcome) -> None:
+        job = loaded.job
+        failure = loaded.failure
+        try:
+            with atomic_dir(job.out) as tmp:
+                if failure is None:
+                    failure = _write_result(tmp, backend, loaded, outcome, algo, stepwise)
+                else:
+                    write_failure(tmp, failure)
+        except Exception as exc:  # noqa: BLE001 - the disk, not the series: say so and go on
+            log.exception("could not write the result of series %s", job.key)
+            failure = _record_error(job, exc)
+        results[job.key] = failure
+        done(job, failure)
+
+    t_start = time.perf_counter()
+    with ThreadPoolExecutor(1, thread_name_prefix="load") as loader, \
+            ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+        pending: Future | None = loader.submit(load, jobs[0]) if jobs else None
+        written: Future | None = None
+        for i in range(len(jobs)):
+            t = time.perf_counter()
+            loaded = pending.result()
+            timing["wait_load"] += time.perf_counter() - t
+            pending = loader.submit(load, jobs[i + 1]) if i + 1 < len(jobs) else None
+            outcome: object = None
+            if loaded.failure is None:
+                t = time.perf_counter()
+                try:
+                    if loaded.error is not None:
+                        raise loaded.error
+                    outcome = (backend.infer(loaded.item, loaded.job.key) if stepwise
+                               else backend.segment(loaded.item, series_key=loaded.job.key))
+                except Exception as exc:  # noqa: BLE001 - recorded, the shard goes on
+                    loaded.failure = _record_error(loaded.job, exc)
+                timing["infer"] += time.perf_counter() - t
+            if written is not None:
+                written.result()  # at most one series waits for the writer
+            written = writer.submit(write, loaded, outcome)
+        if written is not None:
+            written.result()
+    wall = time.perf_counter() - t_start
+    if jobs:
+        log.info("segmented %d series in %.1f s: %.1f s inference (%.0f%% of the time), %.1f s "
+                 "waiting for the loader", len(jobs), wall, timing["infer"],
+                 100 * timing["infer"] / max(wall, 1e-9), timing["wait_load"])
+    return results
+
+
+def _write_result(tmp: Path, backend, loaded: _Loaded, outcome, algo: dict, stepwise: bool) -> Failure | None:
+    from .volume import write_nifti
+
+    job = loaded.job
+    try:
+        result = backend.finish(loaded.item, *outcome, job.key) if stepwise else outcome
+        if not result.labels.array.any():
+            raise SegmentationError(job.key, "no-spine", "no vertebra was found")
+    except Exception as exc:  # noqa: BLE001 - recorded, the shard goes on
+        failure = _record_error(job, exc)
+        write_failure(tmp, failure)
+        return failure
+    write_nifti(result.labels, tmp / layout.LABELS)
+    write_nifti(result.bodies, tmp / layout.BODIES)
+    qc = result.qc.to_dict()
+    qc["algorithm"] = algo
+    write_text(tmp / layout.QC, json.dumps(qc, indent=2))
+    return None
