@@ -82,10 +82,11 @@ def _record_error(job: SeriesJob, exc: BaseException) -> Failure:
 
 def run(jobs: list[SeriesJob], options: SegmentConfig,
         done: Callable[[SeriesJob, Failure | None], None] = lambda job, failure: None,
-        backend=None) -> dict[str, Failure | None]:
+        backend=None, stats: dict | None = None) -> dict[str, Failure | None]:
     """Segment ``jobs`` in a pipeline; ``done`` is called (writer thread) as each is written.
 
-    Returns each series' failure (``None`` when it was segmented).
+    Returns each series' failure (``None`` when it was segmented).  ``stats``, if given, gets
+    the wall time, the time in inference and the time spent waiting for the loader (seconds).
     """
     from .volume import read_nifti
 
@@ -150,6 +151,8 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
         if written is not None:
             written.result()
     wall = time.perf_counter() - t_start
+    if stats is not None:
+        stats.update(series=len(jobs), wall=wall, **timing)
     if jobs:
         log.info("segmented %d series in %.1f s: %.1f s inference (%.0f%% of the time), %.1f s "
                  "waiting for the loader", len(jobs), wall, timing["infer"],

@@ -2,6 +2,13 @@
 
 REMOTE = config["source"] in ("idc", "dicomweb")  # series are downloaded before conversion
 
+# The segment job's needs follow its backend: the networks want a GPU (unless told cpu).
+_NETWORK = config["segment"]["backend"] in ("monai", "totalsegmentator")
+SEGMENT_GPUS = 1 if _NETWORK and config["segment"]["device"] != "cpu" else 0
+SEGMENT_MEM_MB = {"classical": 8000, "monai": 12000, "totalsegmentator": 16000}[config["segment"]["backend"]]
+SEGMENT_MINUTES_PER_SERIES = 1 if SEGMENT_GPUS else 2
+SEGMENT_THREADS = 4 if _NETWORK else 1  # loader and writer threads beside the GPU
+
 
 def manifest_input(wildcards):
     """The folder the manifest scans (local and phantom sources); remote sources need none."""

@@ -12,9 +12,17 @@ rule segment:
         options=section_json(config, "segment"),
     log:
         f"{P['logs']}/segment/{{shard}}.log",
+    threads: SEGMENT_THREADS
     resources:
-        mem_mb=8000,
-        runtime=lambda wildcards: 2 * config["shard_size"] + 10,
+        # The pipeline holds at most three series (loading, inferring, writing), so memory
+        # does not grow with the shard; TotalSegmentator copies the CT as float64, hence more.
+        mem_mb=SEGMENT_MEM_MB,
+        # Minutes: per series, the slowest case (the classical method or a network on a CPU
+        # takes a minute or two; on a GPU a few seconds), plus loading the model.
+        runtime=lambda wildcards: SEGMENT_MINUTES_PER_SERIES * config["shard_size"] + 10,
+        # Snakemake's standard GPU resource (Slurm's --gpus, the Kubernetes executor's limit,
+        # `--resources gpu=1` locally), only when the backend uses one.
+        gpu=SEGMENT_GPUS,
     conda:
         ENV
     shell:
