@@ -42,6 +42,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/download_dicomweb.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/publish.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/plan.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/infer.py --train
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/cost.py --series-per-vm-hour 135 --vm-price 0.02 --vms 500
 
 clean:

@@ -88,17 +88,28 @@ def largest_components(labels: np.ndarray, values=None) -> np.ndarray:
     return labels
 
 
-def _centroids(labels: np.ndarray, values, affine_lps: np.ndarray) -> dict[int, np.ndarray]:
-    idx = ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, list(values))
-    return {v: (affine_lps @ np.r_[c, 1.0])[:3] for v, c in zip(values, idx)}
+def _boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """Bounding box of every value present (one pass over the volume)."""
+    return {i + 1: sl for i, sl in enumerate(ndimage.find_objects(labels)) if sl is not None}
 
 
-def order_levels(labels: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray, bool]:
+def _centroids(labels: np.ndarray, values, affine_lps: np.ndarray, boxes=None) -> dict[int, np.ndarray]:
+    boxes = boxes if boxes is not None else _boxes(labels)
+    out = {}
+    for v in values:
+        sl = boxes[v]
+        idx = np.argwhere(labels[sl] == v).mean(axis=0) + [s.start for s in sl]
+        out[v] = (affine_lps @ np.r_[idx, 1.0])[:3]
+    return out
+
+
+def order_levels(labels: np.ndarray, affine_lps: np.ndarray, boxes=None) -> tuple[np.ndarray, bool]:
     """Re-deal C1..L5 names so they run head to feet; returns (labels, whether names moved)."""
-    present = [v for v in _ORDERED if np.any(labels == v)]
+    boxes = boxes if boxes is not None else _boxes(labels)
+    present = [v for v in _ORDERED if v in boxes]
     if len(present) < 2:
         return labels, False
-    cen = _centroids(labels, present, affine_lps)
+    cen = _centroids(labels, present, affine_lps, boxes)
     by_height = sorted(present, key=lambda v: -cen[v][2])  # LPS z grows towards the head
     if by_height == present:
         return labels, False
@@ -108,19 +119,28 @@ def order_levels(labels: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray
     return lut[labels], True
 
 
-def bodies_of(labels: np.ndarray, spacing: np.ndarray, radius_mm: float = BODY_OPENING_MM) -> np.ndarray:
-    """Vertebral bodies: each vertebra opened by a ball of ``radius_mm``, largest piece kept."""
-    r = np.maximum(np.round(radius_mm / np.asarray(spacing, float)).astype(int), 1)
-    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
-    ball = (zz / max(r[0], 1e-9)) ** 2 + (yy / max(r[1], 1e-9)) ** 2 + (xx / max(r[2], 1e-9)) ** 2 <= 1.0
+def bodies_of(labels: np.ndarray, spacing: np.ndarray, radius_mm: float = BODY_OPENING_MM,
+              boxes=None) -> np.ndarray:
+    """Vertebral bodies: each vertebra opened by a ball of ``radius_mm``, largest piece kept.
+
+    The opening is computed with two Euclidean distance transforms in mm (erosion: farther than
+    ``radius_mm`` from the background; dilation back: within ``radius_mm`` of what is left),
+    whose cost does not grow with the radius as a structuring element's does.
+    """
+    boxes = boxes if boxes is not None else _boxes(labels)
+    spacing = np.asarray(spacing, float)
+    margin = np.ceil(radius_mm / spacing).astype(int) + 1
     out = np.zeros_like(labels)
-    for idx, sl in enumerate(ndimage.find_objects(labels)):
-        value = idx + 1
-        if sl is None or value not in VERTEBRA_VALUES or value == coding.SACRUM_VALUE:
+    for value, sl in boxes.items():
+        if value not in VERTEBRA_VALUES or value == coding.SACRUM_VALUE:
             continue
-        pad = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        pad = tuple(slice(max(s.start - m, 0), min(s.stop + m, n))
+                    for s, m, n in zip(sl, margin, labels.shape))
         mask = labels[pad] == value
-        opened = ndimage.binary_opening(mask, structure=ball)
+        inner = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1] > radius_mm
+        if not inner.any():
+            continue
+        opened = (ndimage.distance_transform_edt(~inner, sampling=spacing) <= radius_mm) & mask
         cc, n = ndimage.label(opened)
         if n == 0:
             continue
@@ -142,8 +162,10 @@ def _axes(order: list[int], cen: dict[int, np.ndarray]) -> dict[int, np.ndarray]
     return axes
 
 
-def _height(bodies: np.ndarray, value: int, affine_lps: np.ndarray, axis: np.ndarray) -> float | None:
-    pts = np.argwhere(bodies == value)
+def _height(bodies: np.ndarray, value: int, affine_lps: np.ndarray, axis: np.ndarray, box) -> float | None:
+    if box is None:
+        return None
+    pts = np.argwhere(bodies[box] == value) + [s.start for s in box]
     if len(pts) < 10:
         return None
     mm = pts @ affine_lps[:3, :3].T
@@ -179,12 +201,15 @@ def finish_labels(
     aff = grid.lps_affine(ct)
     if not components_done:
         largest_components(labels)
-    labels, moved = order_levels(labels, aff)
+    boxes = _boxes(labels)
+    labels, moved = order_levels(labels, aff, boxes)
     if moved:
         warnings.append("the network's levels were out of head-to-feet order: names re-dealt by position")
-    bodies = bodies_of(labels, ct.spacing)
-    present = [v for v in np.unique(labels) if v in VERTEBRA_VALUES]
-    cen = _centroids(labels, present, aff) if present else {}
+        boxes = _boxes(labels)
+    bodies = bodies_of(labels, ct.spacing, boxes=boxes)
+    body_boxes = _boxes(bodies)
+    present = [v for v in boxes if v in VERTEBRA_VALUES]
+    cen = _centroids(labels, present, aff, boxes)
     order = sorted(present, key=lambda v: coding.level_for_value(int(v)).rank)
     axes = _axes(order, cen)
     counts = np.bincount(labels.ravel(), minlength=int(max(present, default=0)) + 1)
@@ -200,7 +225,8 @@ def finish_labels(
         if v in touching:
             flags.append(FLAG_FOV_BORDER)
         vol = float(counts[v] * vox_ml)
-        height = _height(bodies, v, aff, axes[v]) if v != coding.SACRUM_VALUE else None
+        height = (_height(bodies, v, aff, axes[v], body_boxes.get(v))
+                  if v != coding.SACRUM_VALUE else None)
         if v != coding.SACRUM_VALUE:
             if body_counts[v] == 0:
                 flags.append(FLAG_NO_BODY)
