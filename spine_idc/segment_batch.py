@@ -6,9 +6,11 @@ runs them as a three-stage pipeline over the shard's series:
 * a **loader** thread reads the next series' volume and puts it on the model's grid (reading a
   compressed 512x512x300 volume takes about a second: it must not leave the GPU idle);
 * the calling thread runs **inference**, one series at a time (one model in memory);
-* a **writer** thread derives bodies and QC and writes the label maps (gzip again).
+* **writer** threads (two by default) derive bodies and QC and write the label maps (gzip
+  again): on a fast GPU this CPU work takes longer than the inference.
 
-At most one series waits on each side, so memory stays bounded whatever the shard size.  A
+At most one series waits for the loader and ``writers`` for the writers, so memory stays bounded
+whatever the shard size.  A
 series that fails anywhere is recorded in its own folder (``failure.json``) and the shard goes
 on; a :class:`~spine_idc.errors.ConfigError` (weights missing, wrong device) is raised before
 the first series is touched, so a misconfigured batch stops at once instead of recording every
@@ -82,7 +84,7 @@ def _record_error(job: SeriesJob, exc: BaseException) -> Failure:
 
 def run(jobs: list[SeriesJob], options: SegmentConfig,
         done: Callable[[SeriesJob, Failure | None], None] = lambda job, failure: None,
-        backend=None, stats: dict | None = None) -> dict[str, Failure | None]:
+        backend=None, stats: dict | None = None, writers: int = 2) -> dict[str, Failure | None]:
     """Segment ``jobs`` in a pipeline; ``done`` is called (writer thread) as each is written.
 
     Returns each series' failure (``None`` when it was segmented).  ``stats``, if given, gets
@@ -126,9 +128,9 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
 
     t_start = time.perf_counter()
     with ThreadPoolExecutor(1, thread_name_prefix="load") as loader, \
-            ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+            ThreadPoolExecutor(max(1, writers), thread_name_prefix="write") as writer:
         pending: Future | None = loader.submit(load, jobs[0]) if jobs else None
-        written: Future | None = None
+        written: list[Future] = []
         for i in range(len(jobs)):
             t = time.perf_counter()
             loaded = pending.result()
@@ -145,11 +147,11 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
                 except Exception as exc:  # noqa: BLE001 - recorded, the shard goes on
                     loaded.failure = _record_error(loaded.job, exc)
                 timing["infer"] += time.perf_counter() - t
-            if written is not None:
-                written.result()  # at most one series waits for the writer
-            written = writer.submit(write, loaded, outcome)
-        if written is not None:
-            written.result()
+            while len(written) >= max(1, writers):
+                written.pop(0).result()  # bounded: the oldest write must finish first
+            written.append(writer.submit(write, loaded, outcome))
+        for future in written:
+            future.result()
     wall = time.perf_counter() - t_start
     if stats is not None:
         stats.update(series=len(jobs), wall=wall, **timing)
