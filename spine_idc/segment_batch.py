@@ -3,14 +3,15 @@
 A network backend splits its work in three (``preprocess``, ``infer``, ``finish``); this module
 runs them as a three-stage pipeline over the shard's series:
 
-* a **loader** thread reads the next series' volume and puts it on the model's grid (reading a
-  compressed 512x512x300 volume takes about a second: it must not leave the GPU idle);
+* **loader** threads (two by default) read the next series' volumes and put them on the model's
+  grid (reading a compressed 512x512x300 volume takes a second or two: it must not leave the
+  GPU idle);
 * the calling thread runs **inference**, one series at a time (one model in memory);
 * **writer** threads (two by default) derive bodies and QC and write the label maps (gzip
   again): on a fast GPU this CPU work takes longer than the inference.
 
-At most one series waits for the loader and ``writers`` for the writers, so memory stays bounded
-whatever the shard size.  A
+At most ``loaders`` series are loaded ahead and ``writers`` wait to be written, so memory stays
+bounded whatever the shard size.  A
 series that fails anywhere is recorded in its own folder (``failure.json``) and the shard goes
 on; a :class:`~spine_idc.errors.ConfigError` (weights missing, wrong device) is raised before
 the first series is touched, so a misconfigured batch stops at once instead of recording every
@@ -84,7 +85,8 @@ def _record_error(job: SeriesJob, exc: BaseException) -> Failure:
 
 def run(jobs: list[SeriesJob], options: SegmentConfig,
         done: Callable[[SeriesJob, Failure | None], None] = lambda job, failure: None,
-        backend=None, stats: dict | None = None, writers: int = 2) -> dict[str, Failure | None]:
+        backend=None, stats: dict | None = None, loaders: int = 2,
+        writers: int = 2) -> dict[str, Failure | None]:
     """Segment ``jobs`` in a pipeline; ``done`` is called (writer thread) as each is written.
 
     Returns each series' failure (``None`` when it was segmented).  ``stats``, if given, gets
@@ -127,15 +129,17 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
         done(job, failure)
 
     t_start = time.perf_counter()
-    with ThreadPoolExecutor(1, thread_name_prefix="load") as loader, \
+    ahead = max(1, loaders)
+    with ThreadPoolExecutor(ahead, thread_name_prefix="load") as loader, \
             ThreadPoolExecutor(max(1, writers), thread_name_prefix="write") as writer:
-        pending: Future | None = loader.submit(load, jobs[0]) if jobs else None
+        pending: list[Future] = [loader.submit(load, job) for job in jobs[:ahead]]
         written: list[Future] = []
         for i in range(len(jobs)):
             t = time.perf_counter()
-            loaded = pending.result()
+            loaded = pending.pop(0).result()
             timing["wait_load"] += time.perf_counter() - t
-            pending = loader.submit(load, jobs[i + 1]) if i + 1 < len(jobs) else None
+            if i + ahead < len(jobs):
+                pending.append(loader.submit(load, jobs[i + ahead]))
             outcome: object = None
             if loaded.failure is None:
                 t = time.perf_counter()
