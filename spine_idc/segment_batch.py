@@ -25,6 +25,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Callable
 from . import layout
 from .atomic import atomic_dir, write_text
 from .config import SegmentConfig
-from .errors import SegmentationError, SeriesError
+from .errors import ConfigError, SegmentationError, SeriesError
 from .outcome import Failure, read_failure, write_failure
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,10 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
     timing = {"wait_load": 0.0, "infer": 0.0}
 
     def load(job: SeriesJob) -> _Loaded:
-        upstream = read_failure(job.converted)
-        if upstream is not None:
-            return _Loaded(job, failure=upstream)
         try:
+            upstream = read_failure(job.converted)
+            if upstream is not None:
+                return _Loaded(job, failure=upstream)
             ct = read_nifti(job.converted / layout.VOLUME)
             return _Loaded(job, item=backend.preprocess(ct, job.key) if stepwise else ct)
         except Exception as exc:  # noqa: BLE001 - one bad series must not stop the shard
@@ -125,8 +126,19 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
         except Exception as exc:  # noqa: BLE001 - the disk, not the series: say so and go on
             log.exception("could not write the result of series %s", job.key)
             failure = _record_error(job, exc)
+            try:  # record it, so that an older result cannot pass for this run's
+                with atomic_dir(job.out) as tmp:
+                    write_failure(tmp, failure)
+            except Exception:  # noqa: BLE001 - nothing can be written: leave nothing, stamp nothing
+                log.exception("could not record the failure of series %s either", job.key)
+                shutil.rmtree(job.out, ignore_errors=True)
+                results[job.key] = failure
+                return
         results[job.key] = failure
-        done(job, failure)
+        try:
+            done(job, failure)
+        except Exception:  # noqa: BLE001 - a missing stamp only means the series is redone
+            log.exception("series %s: could not record its completion", job.key)
 
     t_start = time.perf_counter()
     ahead = max(1, loaders)
@@ -148,7 +160,11 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
                         raise loaded.error
                     outcome = (backend.infer(loaded.item, loaded.job.key) if stepwise
                                else backend.segment(loaded.item, series_key=loaded.job.key))
+                except ConfigError:
+                    raise  # the model or the device, not the series: stop before recording more
                 except Exception as exc:  # noqa: BLE001 - recorded, the shard goes on
+                    if _device_broken(exc):
+                        raise
                     loaded.failure = _record_error(loaded.job, exc)
                 timing["infer"] += time.perf_counter() - t
             while len(written) >= max(1, writers):
@@ -166,13 +182,24 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
     return results
 
 
+def _device_broken(exc: BaseException) -> bool:
+    """A CUDA error that every later series would hit too (not out-of-memory, which is one
+    series' size): the job must stop and be retried, not record the rest as failed."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("CUDA error" in text or "device-side assert" in text)
+
+
 def _write_result(tmp: Path, backend, loaded: _Loaded, outcome, algo: dict, stepwise: bool) -> Failure | None:
+    import numpy as np
+
+    from .coding import SPINAL_CORD_VALUE
     from .volume import write_nifti
 
     job = loaded.job
     try:
         result = backend.finish(loaded.item, *outcome, job.key) if stepwise else outcome
-        if not result.labels.array.any():
+        labels = result.labels.array
+        if not np.any((labels > 0) & (labels != SPINAL_CORD_VALUE)):  # the cord alone is no spine
             raise SegmentationError(job.key, "no-spine", "no vertebra was found")
     except Exception as exc:  # noqa: BLE001 - recorded, the shard goes on
         failure = _record_error(job, exc)

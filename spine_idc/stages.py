@@ -202,7 +202,7 @@ def segment_identity(options: SegmentConfig) -> str:
     if options.backend == "monai":
         from .segment.network import load_model
 
-        return load_model(options.model).sha256
+        return load_model(options.model).identity()
     if options.backend == "totalsegmentator":
         import importlib.metadata
 

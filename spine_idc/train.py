@@ -76,7 +76,8 @@ def prepare_pairs(pairs: list[tuple[Volume, Volume]], values: list[int], opts: T
     """CT/label volumes -> normalised images and channel maps on the network grid (numpy)."""
     from .segment.network import network_grid, to_network
 
-    lut = np.zeros(max(256, max(values) + 1), np.int64)
+    top = max(int(lab.array.max(initial=0)) for _, lab in pairs)
+    lut = np.zeros(max(top, max(values)) + 1, np.int64)
     for channel, value in enumerate(values, start=1):
         lut[value] = channel
     out = []
@@ -111,7 +112,11 @@ def train(pairs: list[tuple[Volume, Volume]], out_dir: str | Path, *, opts: Trai
     opts = opts or TrainOptions()
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
-    present = sorted({int(v) for _, lab in pairs for v in np.unique(lab.array) if v},
+    values = {int(v) for _, lab in pairs for v in np.unique(lab.array) if v}
+    unknown = sorted(v for v in values if v not in coding.LEVEL_BY_VALUE)
+    if unknown:  # VerSe's L6, coccyx, T13 (25, 27, 28), unidentified vertebrae: not learnt
+        log.warning("label values %s are not in our table: trained as background", unknown)
+    present = sorted((v for v in values if v in coding.LEVEL_BY_VALUE),
                      key=lambda v: coding.level_for_value(v).rank)
     if not present:
         raise ValueError("the training labels are empty")
@@ -161,8 +166,7 @@ def _write_bundle(out: Path, net, network: dict, channel_def: dict, opts: TrainO
             {"_target_": "EnsureChannelFirstd", "keys": "image"},
             {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
             {"_target_": "Spacingd", "keys": "image", "pixdim": spacing, "mode": "bilinear"},
-            {"_target_": "ScaleIntensityRanged", "keys": "image",
-             **{k: v for k, v in opts.intensity.items() if k != "kind"}},
+            _intensity_transform(opts.intensity),
         ]},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(opts.roi_size),
                     "sw_batch_size": 4, "overlap": 0.25},
@@ -186,6 +190,18 @@ def _write_bundle(out: Path, net, network: dict, channel_def: dict, opts: TrainO
         (tmp / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
         (tmp / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
         torch.save(net.state_dict(), tmp / "models" / "model.pt")
+
+
+def _intensity_transform(intensity: dict) -> dict:
+    """The MONAI transform that states ``intensity`` in the bundle (read back by load_model)."""
+    kind = intensity.get("kind", "range")
+    if kind == "zscore":
+        return {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": bool(intensity.get("nonzero", False))}
+    if kind == "minmax":
+        return {"_target_": "ScaleIntensityd", "keys": "image", "minv": intensity.get("minv", 0.0),
+                "maxv": intensity.get("maxv", 1.0)}
+    return {"_target_": "ScaleIntensityRanged", "keys": "image",
+            **{k: v for k, v in intensity.items() if k != "kind"}}
 
 
 def phantom_pairs(seeds, *, levels=None, size: str = "test") -> list[tuple[Volume, Volume]]:

@@ -78,7 +78,9 @@ def test_channel_names_map_to_levels():
 def test_bundle_is_read_with_its_own_settings(bundle):
     spec = load_model(bundle)
     assert spec.spacing_mm == (6.0, 6.0, 6.0) and spec.roi_size == (48, 48, 48)
-    assert spec.orientation == "RAS" and spec.intensity["a_min"] == -1000
+    assert spec.orientation == "RAS"
+    assert spec.intensity == [{"kind": "range", "a_min": -1000.0, "a_max": 1500.0, "b_min": 0.0,
+                               "b_max": 1.0, "clip": True}]
     assert spec.channels == {1: 20, 2: 21, 3: 22, 4: 23, 5: 24, 6: coding.SACRUM_VALUE}
     assert spec.n_channels == 7
     assert len(spec.sha256) == 64
@@ -94,8 +96,9 @@ def test_plain_description_gives_the_same_labels_as_the_bundle(bundle, tmp_path)
     shutil.copy(bundle / "models" / "model.pt", plain / "weights.pt")
     (plain / "model.json").write_text(json.dumps({
         "architecture": net.pop("_target_"), "network": net, "checkpoint": "weights.pt",
-        "spacing_mm": [6, 6, 6], "roi_size": [48, 48, 48],
-        "intensity": {"kind": "range", "a_min": -1000, "a_max": 1500, "b_min": 0, "b_max": 1},
+        "spacing_mm": [6, 6, 6], "roi_size": [48, 48, 48], "orientation": "RAS",
+        "intensity": {"kind": "range", "a_min": -1000, "a_max": 1500, "b_min": 0, "b_max": 1,
+                      "clip": True},
         "labels": meta["network_data_format"]["outputs"]["pred"]["channel_def"]}))
     ct = make_phantom(spec_for_seed(HELD_BACK[0], levels=LEVELS)).ct
     a = get_backend("monai", model=str(bundle), device="cpu").segment(ct, series_key="a")
@@ -125,6 +128,49 @@ def test_unusable_model_folders_are_refused_before_any_series(bundle, tmp_path):
     with pytest.raises(ConfigError, match="no CUDA device") if not torch.cuda.is_available() \
             else pytest.raises(ConfigError, match="unknown segmentation backend"):
         get_backend("monai" if not torch.cuda.is_available() else "nope", model=str(bundle), device="cuda")
+
+
+def test_bundle_references_and_intensity_chains_are_resolved(bundle, tmp_path):
+    """As MONAI's whole-body CT bundle states them: spacing through a reference to an
+    expression, z-score over non-zero voxels then min-max to [-1, 1], no clip given."""
+    other = tmp_path / "refs"
+    shutil.copytree(bundle, other)
+    config = json.loads((other / "configs" / "inference.json").read_text())
+    config["highres"] = True
+    config["pixdim"] = "$[6.0, 6.0, 6.0] if @highres else [3.0, 3.0, 3.0]"
+    config["preprocessing"]["transforms"][3]["pixdim"] = "@pixdim"
+    config["preprocessing"]["transforms"][4] = {"_target_": "NormalizeIntensityd", "keys": "image",
+                                                "nonzero": True}
+    config["preprocessing"]["transforms"].append(
+        {"_target_": "ScaleIntensityd", "keys": "image", "minv": -1.0, "maxv": 1.0})
+    (other / "configs" / "inference.json").write_text(json.dumps(config))
+    spec = load_model(other)
+    assert spec.spacing_mm == (6.0, 6.0, 6.0)
+    assert spec.intensity == [{"kind": "zscore", "nonzero": True},
+                              {"kind": "minmax", "minv": -1.0, "maxv": 1.0}]
+    assert spec.identity() != load_model(bundle).identity()  # same weights, other preprocessing
+    ct = make_phantom(spec_for_seed(0)).ct
+    g = network_grid(ct.array.shape, ct.affine, spec.spacing_mm)
+    x = to_network(ct.array, g, spec.intensity, "cpu")
+    assert -1.0 - 1e-5 <= float(x.min()) and float(x.max()) <= 1.0 + 1e-5
+    # an intensity transform we do not implement is refused, not silently replaced
+    config["preprocessing"]["transforms"][-1] = {"_target_": "ScaleIntensityRangePercentilesd",
+                                                 "keys": "image", "lower": 1, "upper": 99}
+    (other / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="ScaleIntensityRangePercentilesd is not supported"):
+        load_model(other)
+
+
+def test_wrapped_checkpoints_load(bundle, tmp_path):
+    other = tmp_path / "wrapped"
+    shutil.copytree(bundle, other)
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3},
+               other / "models" / "model.pt")
+    ct = make_phantom(spec_for_seed(HELD_BACK[0], levels=LEVELS)).ct
+    a = get_backend("monai", model=str(bundle), device="cpu").segment(ct, series_key="a")
+    b = get_backend("monai", model=str(other), device="cpu").segment(ct, series_key="b")
+    assert np.array_equal(a.labels.array, b.labels.array)
 
 
 # --- grids --------------------------------------------------------------------------------------
@@ -213,6 +259,36 @@ def test_a_shard_records_bad_series_and_finishes_the_rest(bundle, tmp_path):
     assert qc["levels"] == ["L1", "L2", "L3", "L4", "L5", "sacrum"]
     assert np.array_equal(read_nifti(jobs[0].out / layout.LABELS).array,
                           read_nifti(jobs[3].out / layout.LABELS).array)
+
+
+def test_a_failed_write_leaves_no_older_result_behind(bundle, tmp_path, monkeypatch):
+    """Disk trouble while writing: the series is recorded as failed (or left empty), never
+    left with an earlier run's labels that the next run would take as current."""
+    import spine_idc.volume
+
+    ph = make_phantom(spec_for_seed(HELD_BACK[0], levels=LEVELS))
+    conv = tmp_path / "convert" / "s"
+    conv.mkdir(parents=True)
+    write_nifti(ph.ct, conv / layout.VOLUME)
+    job = segment_batch.SeriesJob("s", conv, tmp_path / "segment" / "s")
+    job.out.mkdir(parents=True)
+    (job.out / layout.LABELS).write_text("an earlier run's result")
+    real = spine_idc.volume.write_nifti
+
+    def full_disk(volume, path):
+        if "labels" in str(path):
+            raise OSError(28, "No space left on device")
+        real(volume, path)
+
+    monkeypatch.setattr(spine_idc.volume, "write_nifti", full_disk)
+    stamped = []
+    results = segment_batch.run([job], SegmentConfig("monai", model=str(bundle), device="cpu"),
+                                done=lambda j, f: stamped.append(f))
+    assert results["s"].reason == "segment-error" and "No space left" in results["s"].message
+    assert not (job.out / layout.LABELS).exists()
+    from spine_idc.outcome import read_failure
+
+    assert read_failure(job.out).reason == "segment-error" and stamped == [results["s"]]
 
 
 def test_a_missing_model_stops_the_shard_before_any_series(tmp_path, monkeypatch):

@@ -82,10 +82,12 @@ class MonaiBackend:
         self.amp = bool(amp) and self.device.type == "cuda"
         self.sw_batch_size, self.overlap = int(sw_batch_size), float(overlap)
         net = self.spec.build_network()
-        state = torch.load(self.spec.checkpoint, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state and not any(
-                k.endswith(".weight") for k in state):
-            state = state["state_dict"]
+        try:
+            state = torch.load(self.spec.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - not a plain tensor checkpoint
+            raise ConfigError(f"model {self.spec.folder}: cannot read {self.spec.checkpoint.name}: "
+                              f"{str(err).splitlines()[0]}") from err
+        state = _state_dict(state)
         try:
             net.load_state_dict(state)
         except RuntimeError as err:
@@ -101,6 +103,13 @@ class MonaiBackend:
         log.info("monai backend: model %s (sha256 %s) on %s%s", self.spec.name,
                  self.spec.sha256[:12], self.device, ", mixed precision" if self.amp else "")
 
+    def _sync(self) -> None:
+        """Wait for this backend's device (timings; a no-op on the CPU)."""
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
     # -- the three steps of the shard pipeline --------------------------------------------
     def preprocess(self, ct: Volume, series_key: str) -> Prepared:
         from .network import network_grid, to_network
@@ -108,6 +117,7 @@ class MonaiBackend:
         t = time.perf_counter()
         g = network_grid(ct.array.shape, ct.affine, self.spec.spacing_mm, self.spec.orientation)
         image = to_network(ct.array, g, self.spec.intensity, self.device)
+        self._sync()
         return Prepared(ct=ct, grid=g, image=image, seconds=time.perf_counter() - t)
 
     def infer(self, item: Prepared, series_key: str) -> tuple[np.ndarray, dict]:
@@ -117,7 +127,8 @@ class MonaiBackend:
 
         from .network import keep_largest_components, to_native
 
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync = self._sync
+        sync()  # the loaders' work queued on the device is not this series' inference
         t0 = time.perf_counter()
         try:
             with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
@@ -125,36 +136,61 @@ class MonaiBackend:
                 logits = sliding_window_inference(
                     item.image, self.spec.roi_size, self.sw_batch_size, self.net,
                     overlap=self.overlap, mode="gaussian")
-        except torch.OutOfMemoryError as err:  # this series only: the shard goes on
+            item.image = None  # the input is not needed any more: free it now
+            if logits.shape[1] <= max(self.spec.channels):
+                raise ConfigError(f"model {self.spec.folder}: the network gives {logits.shape[1]} "
+                                  f"channels, its label table names channel {max(self.spec.channels)}")
+            n = logits.shape[1]
+            classes = torch.argmax(logits[0], dim=0)
+            del logits
+            sync()
+            t1 = time.perf_counter()
+            # Our values; every channel that is not spine becomes background.
+            lut = torch.zeros(n, dtype=torch.int16, device=classes.device)
+            for channel, value in self.spec.channels.items():
+                lut[channel] = value
+            levels = lut[classes]
+            del classes
+            levels = keep_largest_components(levels, sorted(set(self.spec.channels.values())))
+            native = to_native(levels, item.grid)
+            sync()
+        except torch.OutOfMemoryError:  # this series only: the shard goes on
             item.image = None
+            oom = True
+        else:
+            oom = False
+        if oom:  # outside the handler, so that the traceback's tensors are freed first
             torch.cuda.empty_cache()
             raise SegmentationError(series_key, "out-of-memory",
-                                    f"the GPU ran out of memory on a {item.grid.shape} grid") from err
-        if logits.shape[1] != self.spec.n_channels:
-            raise ConfigError(f"model {self.spec.folder}: the network gives {logits.shape[1]} "
-                              f"channels, its label table {self.spec.n_channels}")
-        classes = torch.argmax(logits[0], dim=0)
-        del logits
-        sync()
-        t1 = time.perf_counter()
-        # Our values; every channel that is not spine becomes background.
-        lut = torch.zeros(self.spec.n_channels, dtype=torch.int16, device=classes.device)
-        for channel, value in self.spec.channels.items():
-            lut[channel] = value
-        levels = lut[classes]
-        levels = keep_largest_components(levels, sorted(set(self.spec.channels.values())))
-        native = to_native(levels, item.grid)
-        sync()
+                                    f"the GPU ran out of memory on a {item.grid.shape} grid")
         t2 = time.perf_counter()
         timing = {"preprocess": round(item.seconds, 3), "infer": round(t1 - t0, 3),
                   "postprocess_device": round(t2 - t1, 3)}
         return native, timing
 
     def finish(self, item: Prepared, native: np.ndarray, timing: dict, series_key: str) -> SegmentationResult:
+        # Components kept on the network grid stay whole on the CT's grid unless the CT is
+        # coarser along some axis (thick slices), where nearest sampling can split one.
+        finer = bool(np.all(item.ct.spacing <= np.asarray(self.spec.spacing_mm) + 1e-6))
         return finish_labels(item.ct, native, series_key=series_key, backend=self.name,
-                             version=self.version, timing=timing, components_done=True)
+                             version=self.version, timing=timing, components_done=finer)
 
     def segment(self, ct: Volume, *, series_key: str) -> SegmentationResult:
         item = self.preprocess(ct, series_key)
         native, timing = self.infer(item, series_key)
         return self.finish(item, native, timing, series_key)
+
+
+def _state_dict(state):
+    """The weights in a checkpoint: a bare state dict, or one wrapped as MONAI and Lightning
+    save them (``state_dict``, ``model``, ``network``), with DataParallel's ``module.`` prefix
+    removed."""
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "network", "net"):
+            inner = state.get(key)
+            if isinstance(inner, dict) and not any(str(k).endswith((".weight", ".bias")) for k in state):
+                state = inner
+                break
+        if state and all(str(k).startswith("module.") for k in state):
+            state = {str(k)[len("module."):]: v for k, v in state.items()}
+    return state

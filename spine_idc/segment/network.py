@@ -60,9 +60,8 @@ class ModelSpec:
     spacing_mm: tuple[float, float, float]
     roi_size: tuple[int, int, int]
     orientation: str = "RAS"
-    intensity: dict = dataclasses.field(default_factory=lambda: {"kind": "range", "a_min": -1000.0,
-                                                                  "a_max": 1500.0, "b_min": 0.0,
-                                                                  "b_max": 1.0, "clip": True})
+    #: normalisation steps applied in order (see :func:`intensity_steps`)
+    intensity: list = dataclasses.field(default_factory=list)
     #: channel index -> our label value (spine channels only)
     channels: dict[int, int] = dataclasses.field(default_factory=dict)
     n_channels: int = 0
@@ -70,6 +69,19 @@ class ModelSpec:
     architecture: str = ""
     network: dict = dataclasses.field(default_factory=dict)
     bundle_config: Path | None = None
+
+    def identity(self) -> str:
+        """A hash of everything that decides the output: weights, grid, intensity, labels, network.
+
+        The segment stage's stamps use it, so a changed bundle config redoes the segmentation
+        as new weights do.
+        """
+        parts = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("folder", "checkpoint", "bundle_config")}
+        text = json.dumps(parts, sort_keys=True, default=str)
+        for path in (self.bundle_config, self.folder / "configs" / "metadata.json", self.folder / "model.json"):
+            if path is not None and Path(path).is_file():
+                text += Path(path).read_text()
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def build_network(self):
         """The untrained network (weights are loaded by the caller)."""
@@ -110,38 +122,86 @@ def _channels(names: dict) -> tuple[dict[int, int], int]:
     return out, n
 
 
-def _walk(node: Any):
-    """Every dict inside a parsed bundle config."""
+def _walk(node: Any, path: str = ""):
+    """Every dict inside a bundle config, with its config id (``a::b::0``)."""
     if isinstance(node, dict):
-        yield node
-        for v in node.values():
-            yield from _walk(v)
+        yield path, node
+        for k, v in node.items():
+            yield from _walk(v, f"{path}::{k}" if path else str(k))
     elif isinstance(node, list):
-        for v in node:
-            yield from _walk(v)
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{path}::{i}" if path else str(i))
 
 
 def _target(d: dict) -> str:
     return str(d.get("_target_", "")).rsplit(".", 1)[-1]
 
 
-def _bundle_settings(config: dict) -> dict:
-    """Spacing, intensity, orientation and ROI as a bundle's own transforms state them."""
+_KNOWN_INTENSITY = {"ScaleIntensityRange", "NormalizeIntensity", "ScaleIntensity"}
+
+
+def _bundle_settings(parser, raw: dict, folder: Path) -> dict:
+    """Spacing, intensity, orientation and ROI as a bundle's own transforms state them.
+
+    Values may be references or expressions (``"@pixdim"``, ``"$[1.5]*3"``): they are resolved by
+    MONAI's own :class:`~monai.bundle.ConfigParser`, as the bundle would resolve them.  Intensity
+    transforms are kept as a chain, in the order of the bundle's preprocessing.
+    """
+    def value(path: str, d: dict, key: str, default=None):
+        v = d.get(key, default)
+        if isinstance(v, str) and v[:1] in "@$%":
+            v = parser.get_parsed_content(f"{path}::{key}")
+        return v
+
     found: dict = {}
-    for d in _walk(config):
-        kind = _target(d)
-        if kind in ("Spacingd", "Spacing") and "pixdim" in d:
-            found.setdefault("spacing_mm", d["pixdim"])
-        elif kind in ("ScaleIntensityRanged", "ScaleIntensityRange"):
-            found.setdefault("intensity", {"kind": "range", **{k: d[k] for k in
-                             ("a_min", "a_max", "b_min", "b_max", "clip") if k in d}})
-        elif kind in ("NormalizeIntensityd", "NormalizeIntensity"):
-            found.setdefault("intensity", {"kind": "zscore"})
-        elif kind in ("Orientationd", "Orientation") and "axcodes" in d:
-            found.setdefault("orientation", d["axcodes"])
-        elif kind in ("SlidingWindowInferer",) and "roi_size" in d:
-            found.setdefault("roi_size", d["roi_size"])
+    steps: list[dict] = []
+    scope = raw.get("preprocessing", raw)
+    prefix = "preprocessing" if "preprocessing" in raw else ""
+    for path, d in _walk(scope, prefix):
+        kind = _target(d).removesuffix("d")
+        if kind == "Spacing" and "pixdim" in d:
+            found.setdefault("spacing_mm", value(path, d, "pixdim"))
+        elif kind == "Orientation" and "axcodes" in d:
+            found.setdefault("orientation", value(path, d, "axcodes"))
+        elif kind == "ScaleIntensityRange":
+            # MONAI's defaults: b_min, b_max None (no rescale: not used by real bundles), clip False
+            steps.append({"kind": "range", **{k: value(path, d, k) for k in ("a_min", "a_max", "b_min", "b_max")},
+                          "clip": bool(value(path, d, "clip", False))})
+        elif kind == "NormalizeIntensity":
+            steps.append({"kind": "zscore", "nonzero": bool(value(path, d, "nonzero", False))})
+        elif kind == "ScaleIntensity":
+            steps.append({"kind": "minmax", "minv": value(path, d, "minv", 0.0), "maxv": value(path, d, "maxv", 1.0)})
+        elif "Intensity" in kind and kind not in _KNOWN_INTENSITY:
+            raise ConfigError(f"model {folder}: intensity transform {_target(d)} is not supported",
+                              hint='state the intensity steps in the metadata\'s "spine_idc" object')
+    if steps:
+        found["intensity"] = steps
+    for path, d in _walk(raw):
+        if _target(d) == "SlidingWindowInferer" and "roi_size" in d:
+            found.setdefault("roi_size", value(path, d, "roi_size"))
     return found
+
+
+def intensity_steps(intensity) -> list[dict]:
+    """The intensity normalisation as a list of steps (a single dict is one step), checked."""
+    steps = [intensity] if isinstance(intensity, dict) else list(intensity or [])
+    out = []
+    for step in steps:
+        step = dict(step)
+        kind = step.setdefault("kind", "range")
+        if kind == "range":
+            for key in ("a_min", "a_max"):
+                if not isinstance(step.get(key), (int, float)):
+                    raise ConfigError(f"intensity step {step}: {key} must be a number")
+            step = {"b_min": 0.0, "b_max": 1.0, "clip": False, **step}
+            if not all(isinstance(step[k], (int, float)) for k in ("b_min", "b_max")):
+                raise ConfigError(f"intensity step {step}: b_min and b_max must be numbers")
+        elif kind == "minmax":
+            step = {"minv": 0.0, "maxv": 1.0, **step}
+        elif kind != "zscore":
+            raise ConfigError(f"intensity step {step}: kind must be range, zscore or minmax")
+        out.append(step)
+    return out
 
 
 def _need_numbers(settings: dict, folder: Path) -> None:
@@ -170,8 +230,15 @@ def load_model(folder: str | Path) -> ModelSpec:
             raise ConfigError(f"model {folder}: bundle has no configs/inference.json", hint=hint)
         from monai.bundle import ConfigParser
 
-        raw = ConfigParser.load_config_files(str(config_path))
-        settings = _bundle_settings(raw)
+        parser = ConfigParser()
+        parser.read_config(str(config_path))
+        parser.read_meta(str(meta_path))
+        try:
+            settings = _bundle_settings(parser, parser.get(), folder)
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a reference MONAI cannot resolve
+            raise ConfigError(f"model {folder}: could not read the bundle's preprocessing: {err}") from err
         names = (meta.get("network_data_format", {}).get("outputs", {}).get("pred", {})
                  .get("channel_def", {}))
         settings.update(meta.get("spine_idc", {}))
@@ -195,9 +262,14 @@ def load_model(folder: str | Path) -> ModelSpec:
     if not channels:
         raise ConfigError(f"model {folder}: no output channel is a vertebra level (labels: {names})",
                           hint='name channels like "L1", "vertebrae_L1" or "sacrum"')
-    intensity = {"kind": "range", "a_min": -1000.0, "a_max": 1500.0, "b_min": 0.0, "b_max": 1.0,
-                 "clip": True, **settings.get("intensity", {})}
-    orient = settings.get("orientation", "RAS")
+    if "intensity" not in settings:
+        raise ConfigError(f"model {folder}: no intensity normalisation found",
+                          hint='a ScaleIntensityRanged in the bundle, or "intensity" in the description')
+    intensity = intensity_steps(settings["intensity"])
+    if "orientation" not in settings:
+        raise ConfigError(f"model {folder}: no orientation found (Orientationd)",
+                          hint='state it, e.g. "orientation": "RAS"')
+    orient = settings["orientation"]
     return ModelSpec(
         folder=folder, checkpoint=checkpoint, sha256=sha256_of(checkpoint),
         spacing_mm=tuple(float(x) for x in settings["spacing_mm"]),
@@ -244,7 +316,7 @@ def network_grid(shape, affine: np.ndarray, spacing_mm, orientation: str = "RAS"
     return NetworkGrid(tuple(int(x) for x in shape), transform, oriented_shape, oriented_affine, size)
 
 
-def to_network(array: np.ndarray, g: NetworkGrid, intensity: dict, device) -> "torch.Tensor":
+def to_network(array: np.ndarray, g: NetworkGrid, intensity, device) -> "torch.Tensor":
     """CT array (HU) -> ``[1, 1, *g.shape]`` float tensor on ``device``, normalised."""
     import nibabel.orientations as nio
     import torch
@@ -252,14 +324,20 @@ def to_network(array: np.ndarray, g: NetworkGrid, intensity: dict, device) -> "t
 
     oriented = np.ascontiguousarray(nio.apply_orientation(array, g.transform))
     x = torch.from_numpy(oriented.astype(np.float32, copy=False)).to(device, non_blocking=True)
-    if intensity.get("kind", "range") == "zscore":
-        x = (x - x.mean()) / x.std().clamp_min(1e-6)
-    else:
-        a0, a1 = float(intensity["a_min"]), float(intensity["a_max"])
-        b0, b1 = float(intensity.get("b_min", 0.0)), float(intensity.get("b_max", 1.0))
-        x = (x - a0) / (a1 - a0) * (b1 - b0) + b0
-        if intensity.get("clip", True):
-            x = x.clamp(min(b0, b1), max(b0, b1))
+    for step in intensity_steps(intensity):
+        if step["kind"] == "zscore":
+            sel = x[x != 0] if step.get("nonzero") else x
+            mean, std = sel.mean(), sel.std().clamp_min(1e-6)
+            x = torch.where(x != 0, (x - mean) / std, x) if step.get("nonzero") else (x - mean) / std
+        elif step["kind"] == "minmax":
+            lo, hi = x.min(), x.max()
+            x = (x - lo) / (hi - lo).clamp_min(1e-6) * (step["maxv"] - step["minv"]) + step["minv"]
+        else:
+            a0, a1 = float(step["a_min"]), float(step["a_max"])
+            b0, b1 = float(step["b_min"]), float(step["b_max"])
+            x = (x - a0) / (a1 - a0) * (b1 - b0) + b0
+            if step["clip"]:
+                x = x.clamp(min(b0, b1), max(b0, b1))
     x = x[None, None]
     if tuple(x.shape[2:]) != g.shape:
         x = F.interpolate(x, size=g.shape, mode="trilinear", align_corners=True)
