@@ -334,3 +334,28 @@ def test_trained_bundle_labels_held_back_phantoms_through_the_workflow(bundle, t
         assert min(scores.values()) > 0.6, (key, scores)
         rows = table[table["series_key"] == key]
         assert set(rows["level"]) >= {"L1", "L2", "L3", "L4", "L5"}, rows["level"].tolist()
+
+
+# --- on a GPU (skipped without CUDA: CI has none; run them where a GPU is lent) --------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+def test_largest_component_on_cuda_matches_the_cpu():
+    rng = np.random.default_rng(5)
+    labels = torch.from_numpy(rng.integers(0, 4, (48, 40, 32)).astype(np.int16))
+    cpu = keep_largest_components(labels, [1, 2, 3])
+    gpu = keep_largest_components(labels.cuda(), [1, 2, 3]).cpu()
+    assert torch.equal(cpu, gpu)
+
+
+@needs_cuda
+def test_cuda_with_mixed_precision_labels_as_the_cpu_does(bundle):
+    ct = make_phantom(spec_for_seed(HELD_BACK[0], levels=LEVELS)).ct
+    cpu = get_backend("monai", model=str(bundle), device="cpu").segment(ct, series_key="c")
+    gpu = get_backend("monai", model=str(bundle), device="cuda", amp=True).segment(ct, series_key="g")
+    assert gpu.qc.levels == cpu.qc.levels
+    for v in np.unique(cpu.labels.array)[1:]:
+        assert dice(gpu.labels.array == v, cpu.labels.array == v) > 0.98, v
+    assert gpu.qc.timing_s["infer"] > 0
