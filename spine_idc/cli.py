@@ -85,6 +85,8 @@ def _cmd_shard(args) -> int:
     options = parse_section(args.options, section)
     if args.stage == "publish":
         shards.publish(args.shard, options, args.out, attempt=args.attempt)
+    elif args.stage == "segment":
+        shards.segment(args.shard, options, args.out, threads=args.threads)
     else:
         getattr(shards, args.stage)(args.shard, options, args.out)
     return 0
@@ -171,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--options", default="{}",
                    help="the stage's config section as JSON (download: the source settings)")
     s.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number (1-based)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads the job was given (segment: torch's intra-op threads)")
     s.add_argument("--out", type=Path, required=True, help="the shard's marker (JSON)")
     s.set_defaults(func=_cmd_shard)
 

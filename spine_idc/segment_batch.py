@@ -26,6 +26,7 @@ import inspect
 import json
 import logging
 import shutil
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -87,11 +88,13 @@ def _record_error(job: SeriesJob, exc: BaseException) -> Failure:
 def run(jobs: list[SeriesJob], options: SegmentConfig,
         done: Callable[[SeriesJob, Failure | None], None] = lambda job, failure: None,
         backend=None, stats: dict | None = None, loaders: int = 2,
-        writers: int = 2) -> dict[str, Failure | None]:
+        writers: int = 2, threads: int | None = None) -> dict[str, Failure | None]:
     """Segment ``jobs`` in a pipeline; ``done`` is called (writer thread) as each is written.
 
     Returns each series' failure (``None`` when it was segmented).  ``stats``, if given, gets
     the wall time, the time in inference and the time spent waiting for the loader (seconds).
+    ``threads`` (the job's CPUs) caps torch's intra-op threads, so a job uses what it was given
+    and the same job gives the same numbers wherever it runs.
     """
     from .volume import read_nifti
 
@@ -99,6 +102,8 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
         backend, params = backend_for(options)
     else:
         params = {}
+    if threads and "torch" in sys.modules:  # a network backend: torch is loaded by now
+        sys.modules["torch"].set_num_threads(max(1, int(threads)))
     algo = algorithm(backend, params)
     stepwise = all(callable(getattr(backend, m, None)) for m in ("preprocess", "infer", "finish"))
     results: dict[str, Failure | None] = {}

@@ -159,7 +159,7 @@ def convert(shard: Path, options, marker: Path) -> None:
     _write_marker(marker, "convert", outcomes)
 
 
-def segment(shard: Path, options, marker: Path) -> None:
+def segment(shard: Path, options, marker: Path, threads: int | None = None) -> None:
     """Segment the shard's stale series in one pipeline: the model is loaded once, and only if
     some series needs it (see :mod:`spine_idc.segment_batch`)."""
     from . import segment_batch, stages
@@ -181,7 +181,7 @@ def segment(shard: Path, options, marker: Path) -> None:
         _write_stamp("segment", job.key, wants[job.key])
 
     if jobs:
-        results = segment_batch.run(jobs, options, done)
+        results = segment_batch.run(jobs, options, done, threads=threads)
         outcomes.update({k: _status(f) for k, f in results.items()})
     _write_marker(marker, "segment", {k: outcomes[k] for k in order})
 

@@ -27,39 +27,14 @@ from spine_idc.segment.network import (  # noqa: E402
     to_native,
     to_network,
 )
-from spine_idc.train import TrainOptions, _labels_to_grid, phantom_pairs, train  # noqa: E402
+from spine_idc.train import _labels_to_grid  # noqa: E402
 from spine_idc.volume import Volume, read_nifti, write_nifti  # noqa: E402
 
-LEVELS = ("L1", "sacrum")
-TRAIN_SEEDS = range(100, 112)
-HELD_BACK = (200, 201)
+from trained_bundle import HELD_BACK, LEVELS, bundle  # noqa: E402,F401  (a fixture)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory) -> Path:
-    """A small UNet trained on CPU on 12 L1-sacrum phantoms (about a minute), as a MONAI bundle.
-
-    Shared by the xdist workers through a lock, so it is trained once per run.
-    """
-    import os
-
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # this run's folder, shared by its workers
-    out = root / "trained-bundle"
-    with FileLock(str(root / "trained-bundle.lock")):
-        if not (out / "models" / "model.pt").exists():
-            torch.set_num_threads(2)
-            summary = train(phantom_pairs(TRAIN_SEEDS, levels=LEVELS), out,
-                            opts=TrainOptions(steps=1500, spacing_mm=6.0, roi_size=(48, 48, 48)))
-            assert summary["last_loss"] < 0.5 * summary["first_loss"], summary
-    return out
 
 
 # --- names, model folders --------------------------------------------------------------------

@@ -1,4 +1,5 @@
 # Input functions; kept here so rule files hold only rules.
+import os
 
 REMOTE = config["source"] in ("idc", "dicomweb")  # series are downloaded before conversion
 
@@ -8,6 +9,12 @@ SEGMENT_GPUS = 1 if _NETWORK and config["segment"]["device"] != "cpu" else 0
 SEGMENT_MEM_MB = {"classical": 8000, "monai": 12000, "totalsegmentator": 16000}[config["segment"]["backend"]]
 SEGMENT_MINUTES_PER_SERIES = 1 if SEGMENT_GPUS else 2
 SEGMENT_THREADS = 4 if _NETWORK else 1  # loader and writer threads beside the GPU
+# The partitions are the `gpu` profile's site variables (see workflow/profiles/gpu); other
+# executors ignore slurm_partition. Empty: the cluster's default partition.
+SEGMENT_SLURM_PARTITION = (
+    os.environ.get("SPINE_IDC_SLURM_GPU_PARTITION", "gpu") if SEGMENT_GPUS
+    else os.environ.get("SPINE_IDC_SLURM_CPU_PARTITION", "")
+)
 
 
 def manifest_input(wildcards):

@@ -23,8 +23,10 @@ rule segment:
         # Snakemake's standard GPU resource (Slurm's --gpus, the Kubernetes executor's limit,
         # `--resources gpu=1` locally), only when the backend uses one.
         gpu=SEGMENT_GPUS,
+        # With the Slurm executor (profile `gpu`): the GPU partition only when a GPU is asked.
+        slurm_partition=SEGMENT_SLURM_PARTITION,
     conda:
         ENV
     shell:
         "spine-idc shard segment --shard {input.shard} --options {params.options}"
-        " --out {output} > {log} 2>&1"
+        " --threads {threads} --out {output} > {log} 2>&1"
