@@ -160,6 +160,9 @@ def main() -> None:
         step_text = " ".join(f"{k}={v:.2f}" for k, v in steps.items())
         print(f"{name:24s} {load_s:10.1f} {per:9.2f} {per_h:9.0f} {busy:6.0%} {wait:9.2f}  {step_text}"
               f"  {'-' if peak is None else f'{peak:.1f}'}{'  FAILED: ' + ','.join(failed) if failed else ''}")
+    if "monai-wholebody-size" in configs:
+        print("monai-wholebody-size has random weights: its infer time and GPU memory are the real "
+              "model's, its post-processing and finish times are not (it labels noise)")
     print("\npublished anchors (not measured here):")
     for text, sec, gib in ANCHORS:
         print(f"  {text}: {sec:.0f} s/series = {3600 / sec:.0f} series/h"

@@ -203,6 +203,9 @@ def test_largest_component_on_the_device_matches_scipy():
     got = keep_largest_components(torch.from_numpy(labels), [1, 2, 20, 26]).numpy()
     assert np.array_equal(got, want)
     assert (got == 20).sum() < (labels == 20).sum()  # something was removed
+    # a level that does not settle within the step budget is labelled on the CPU: same answer
+    capped = keep_largest_components(torch.from_numpy(labels), [1, 2, 20, 26], max_steps=2).numpy()
+    assert np.array_equal(capped, want)
 
 
 # --- the shard pipeline -----------------------------------------------------------------------

@@ -375,12 +375,21 @@ def _invert(transform: np.ndarray) -> np.ndarray:
 
 # --- post-processing on the device ---------------------------------------------------------
 
-def keep_largest_components(labels: "torch.Tensor", values) -> "torch.Tensor":
+#: Propagation steps before a level is handed to the CPU: a vertebra at 1.5 mm converges in well
+#: under this; a long thin or fragmented region (a poor or untrained network's) may need
+#: hundreds of full-box steps, where one CPU labelling pass is cheaper.
+MAX_PROPAGATION_STEPS = 128
+
+
+def keep_largest_components(labels: "torch.Tensor", values,
+                            max_steps: int = MAX_PROPAGATION_STEPS) -> "torch.Tensor":
     """Keep only the largest 26-connected component of each value in ``labels`` ``[X, Y, Z]``.
 
     Runs where ``labels`` is (the GPU in production): each value's bounding box is cut out and
     its voxels take the largest voxel id among their neighbours until nothing changes (label
-    propagation by 3x3x3 max-pooling), which gives every component one id.
+    propagation by 3x3x3 max-pooling), which gives every component one id.  A level that has
+    not settled after ``max_steps`` steps is labelled on the CPU (scipy) instead, so that the
+    time stays bounded whatever the network produced.
     """
     import torch
     import torch.nn.functional as F
@@ -403,16 +412,34 @@ def keep_largest_components(labels: "torch.Tensor", values) -> "torch.Tensor":
         ids = torch.arange(1, m.numel() + 1, device=m.device, dtype=dtype).reshape(m.shape)
         ids = torch.where(m, ids, torch.zeros_like(ids))
         mf = m.to(dtype)
-        step = 0
-        while True:
+        step, settled = 0, False
+        while step < max_steps:
             grown = F.max_pool3d(ids[None, None], 3, stride=1, padding=1)[0, 0] * mf
             step += 1
             if step % 4 == 0 and torch.equal(grown, ids):
+                settled = True
                 break
             ids = grown
+        if not settled:
+            _largest_on_cpu(out, box, m)
+            continue
         found, counts = torch.unique(ids[m], return_counts=True)
         if len(found) > 1:
             keep = found[torch.argmax(counts)]
             region = out[box]
             region[m & (ids != keep)] = 0
     return out
+
+
+def _largest_on_cpu(out: "torch.Tensor", box, m: "torch.Tensor") -> None:
+    """The CPU fallback of :func:`keep_largest_components` for one level's box."""
+    import torch
+    from scipy import ndimage
+
+    cc, n = ndimage.label(m.cpu().numpy(), structure=np.ones((3, 3, 3), bool))
+    if n > 1:
+        sizes = np.bincount(cc.ravel())
+        sizes[0] = 0
+        drop = torch.from_numpy((cc != int(np.argmax(sizes))) & (cc > 0)).to(out.device)
+        region = out[box]
+        region[drop] = 0
