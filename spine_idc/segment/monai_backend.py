@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 
 import numpy as np
@@ -79,6 +80,7 @@ class MonaiBackend:
             raise ConfigError(f"segment.device is {device} but torch sees no CUDA device",
                               hint="use device: auto to fall back to the CPU")
         self.device = torch.device(device)
+        self._streams = threading.local()  # one CUDA stream per loader thread
         self.amp = bool(amp) and self.device.type == "cuda"
         self.sw_batch_size, self.overlap = int(sw_batch_size), float(overlap)
         net = self.spec.build_network()
@@ -116,8 +118,22 @@ class MonaiBackend:
 
         t = time.perf_counter()
         g = network_grid(ct.array.shape, ct.affine, self.spec.spacing_mm, self.spec.orientation)
-        image = to_network(ct.array, g, self.spec.intensity, self.device)
-        self._sync()
+        if self.device.type != "cuda":
+            image = to_network(ct.array, g, self.spec.intensity, self.device)
+        else:
+            # On a side stream of this loader thread, so that the copy to the GPU and the
+            # resampling run beside the inference on the default stream, not queued behind it.
+            import torch
+
+            stream = getattr(self._streams, "stream", None)
+            if stream is None:
+                stream = self._streams.stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(stream):
+                image = to_network(ct.array, g, self.spec.intensity, self.device)
+            stream.synchronize()  # this series' work only
+            # the inference (default stream) will read it: the allocator must not reuse its
+            # memory for this stream before that work is done
+            image.record_stream(torch.cuda.default_stream(self.device))
         return Prepared(ct=ct, grid=g, image=image, seconds=time.perf_counter() - t)
 
     def infer(self, item: Prepared, series_key: str) -> tuple[np.ndarray, dict]:

@@ -381,20 +381,22 @@ def _invert(transform: np.ndarray) -> np.ndarray:
 MAX_PROPAGATION_STEPS = 128
 
 
-def keep_largest_components(labels: "torch.Tensor", values,
-                            max_steps: int = MAX_PROPAGATION_STEPS) -> "torch.Tensor":
+def keep_largest_components(labels: "torch.Tensor", values, max_steps: int = MAX_PROPAGATION_STEPS,
+                            method: str = "auto") -> "torch.Tensor":
     """Keep only the largest 26-connected component of each value in ``labels`` ``[X, Y, Z]``.
 
     Runs where ``labels`` is (the GPU in production): each value's bounding box is cut out and
     its voxels take the largest voxel id among their neighbours until nothing changes (label
     propagation by 3x3x3 max-pooling), which gives every component one id.  A level that has
     not settled after ``max_steps`` steps is labelled on the CPU (scipy) instead, so that the
-    time stays bounded whatever the network produced.
+    time stays bounded whatever the network produced.  ``method``: ``auto`` propagates on a GPU
+    and labels with scipy on the CPU (far faster there); ``propagate`` or ``cpu`` force one.
     """
     import torch
     import torch.nn.functional as F
 
     out = labels.clone()
+    on_cpu = method == "cpu" or (method == "auto" and labels.device.type == "cpu")
     for v in values:
         mask = labels == v
         if not bool(mask.any()):
@@ -407,6 +409,9 @@ def keep_largest_components(labels: "torch.Tensor", values,
             hi.append(int(hit[-1]) + 1)
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
         m = mask[box]
+        if on_cpu:
+            _largest_on_cpu(out, box, m)
+            continue
         # float ids are exact up to 2**24 (float32) voxels per box
         dtype = torch.float32 if m.numel() < 2**24 else torch.float64
         ids = torch.arange(1, m.numel() + 1, device=m.device, dtype=dtype).reshape(m.shape)
