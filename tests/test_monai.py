@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ from spine_idc.segment.network import (  # noqa: E402
     to_network,
 )
 from spine_idc.train import _labels_to_grid  # noqa: E402
-from spine_idc.volume import Volume, read_nifti, write_nifti  # noqa: E402
+from spine_idc.volume import read_nifti, write_nifti  # noqa: E402
 
 from trained_bundle import HELD_BACK, LEVELS, bundle  # noqa: E402,F401  (a fixture)
 

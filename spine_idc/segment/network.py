@@ -38,12 +38,15 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError
 from .labelmap import level_value
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
