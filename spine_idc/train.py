@@ -54,19 +54,6 @@ class TrainOptions:
         "kind": "range", "a_min": -1000.0, "a_max": 1500.0, "b_min": 0.0, "b_max": 1.0, "clip": True})
 
 
-def _labels_to_grid(labels: np.ndarray, g) -> np.ndarray:
-    """A label array on the CT grid -> the network grid, nearest index (as inference maps back)."""
-    import nibabel.orientations as nio
-    import torch
-
-    from .segment.network import _nearest_index
-
-    out = torch.from_numpy(np.ascontiguousarray(nio.apply_orientation(labels, g.transform)))
-    for axis, n in enumerate(g.shape):
-        out = out.index_select(axis, _nearest_index(out.shape[axis], n, "cpu"))
-    return out.numpy()
-
-
 def _pad_to(a: np.ndarray, size, value, margin: int = 0) -> np.ndarray:
     pad = [(margin, margin + max(0, s - n)) for n, s in zip(a.shape, size)]
     return np.pad(a, pad, constant_values=value) if any(p[1] for p in pad) else a
@@ -74,7 +61,7 @@ def _pad_to(a: np.ndarray, size, value, margin: int = 0) -> np.ndarray:
 
 def prepare_pairs(pairs: list[tuple[Volume, Volume]], values: list[int], opts: TrainOptions):
     """CT/label volumes -> normalised images and channel maps on the network grid (numpy)."""
-    from .segment.network import network_grid, to_network
+    from .segment.network import labels_to_network, network_grid, to_network
 
     top = max(int(lab.array.max(initial=0)) for _, lab in pairs)
     lut = np.zeros(max(top, max(values)) + 1, np.int64)
@@ -84,7 +71,7 @@ def prepare_pairs(pairs: list[tuple[Volume, Volume]], values: list[int], opts: T
     for ct, labels in pairs:
         g = network_grid(ct.array.shape, ct.affine, (opts.spacing_mm,) * 3)
         image = to_network(ct.array, g, opts.intensity, "cpu")[0, 0].numpy()
-        target = lut[_labels_to_grid(labels.array.astype(np.int64), g)]
+        target = lut[labels_to_network(labels.array.astype(np.int64), g)]
         b0 = float(opts.intensity.get("b_min", 0.0))
         out.append((_pad_to(image, opts.roi_size, b0, opts.shift),
                     _pad_to(target, opts.roi_size, 0, opts.shift)))

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from local_process import free_port, reap
+from local_process import ChildServer, free_port
 
 import requests
 
@@ -32,8 +32,6 @@ ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path(
     os.environ.get("SPINE_IDC_ORTHANC_DICOMWEB_PLUGIN", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 )
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 15.0
 
 
 def orthanc_available() -> bool:
@@ -47,7 +45,7 @@ UNAVAILABLE_REASON = (
 )
 
 
-class Orthanc:
+class Orthanc(ChildServer):
     """One Orthanc process; storage lives in ``root`` and survives :meth:`restart`.
 
     Attributes
@@ -59,6 +57,8 @@ class Orthanc:
     auth:
         ``(user, password)`` of the first registered user, or ``None`` when authentication is off.
     """
+
+    stop_timeout_s = 15.0
 
     def __init__(self, root: Path, *, users: Mapping[str, str] | None = None, extra: Mapping | None = None):
         self.root = Path(root)
@@ -123,31 +123,9 @@ class Orthanc:
                 time.sleep(0.5)  # the same port on restart: wait for the old socket to go
         raise RuntimeError(f"Orthanc did not start; log {self.log_path}:\n{self.log_tail()}")
 
-    def _wait_until_up(self) -> bool:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
-            try:
-                answer = requests.get(f"{self.rest}/system", auth=self.auth, timeout=2)
-                if answer.ok:
-                    return answer.json().get("Name") == self.name
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        return False
-
-    def stop(self) -> None:
-        """Stop cleanly (SIGTERM); kill it if it has not stopped within a few seconds."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-        self._reap()
-
-    def _reap(self) -> None:
-        reap(self.process, STOP_TIMEOUT_S)
-        self.process = None
+    def _answers(self) -> bool | None:
+        answer = requests.get(f"{self.rest}/system", auth=self.auth, timeout=2)
+        return answer.json().get("Name") == self.name if answer.ok else None
 
     def restart(self) -> Orthanc:
         """Stop and start again on the same port, keeping the stored instances."""
@@ -159,12 +137,6 @@ class Orthanc:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
-
-    def __enter__(self) -> Orthanc:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def start_orthanc(

@@ -23,21 +23,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from local_process import free_port, reap
+from local_process import ChildServer, free_port
 
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 IDC_BUCKET = "idc-open-data"
 
 
-class MotoServer:
+class MotoServer(ChildServer):
     """One ``moto.server`` child process on ``127.0.0.1:<port>``.
 
     Attributes
@@ -78,36 +75,9 @@ class MotoServer:
             self._reap()  # lost the port to another process between choosing and binding it
         raise RuntimeError(f"the moto server did not start (log: {self.log_path})")
 
-    def _wait_until_up(self) -> bool:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2) as answer:
-                    if answer.status == 200:
-                        return True
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        return False
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-        self._reap()
-
-    def _reap(self) -> None:
-        reap(self.process, STOP_TIMEOUT_S)
-        self.process = None
-
-    def __enter__(self) -> MotoServer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def _answers(self) -> bool | None:
+        with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2) as answer:
+            return True if answer.status == 200 else None
 
 
 def start_moto(log_dir: Path | None = None) -> MotoServer:

@@ -21,12 +21,12 @@ from spine_idc.segment import get_backend  # noqa: E402
 from spine_idc.segment.labelmap import largest_components, level_value  # noqa: E402
 from spine_idc.segment.network import (  # noqa: E402
     keep_largest_components,
+    labels_to_network,
     load_model,
     network_grid,
     to_native,
     to_network,
 )
-from spine_idc.train import _labels_to_grid  # noqa: E402
 from spine_idc.volume import read_nifti, write_nifti  # noqa: E402
 
 from trained_bundle import HELD_BACK, LEVELS, bundle  # noqa: E402,F401  (a fixture)
@@ -180,10 +180,10 @@ def test_labels_go_to_the_network_grid_and_back(seed):
     ph = make_phantom(spec_for_seed(seed))
     truth = ph.labels.array
     same = network_grid(truth.shape, ph.ct.affine, ph.ct.spacing)
-    back = to_native(torch.from_numpy(_labels_to_grid(truth.astype(np.int64), same)), same)
+    back = to_native(torch.from_numpy(labels_to_network(truth.astype(np.int64), same)), same)
     assert np.array_equal(back, truth)  # same spacing: exact
     coarse = network_grid(truth.shape, ph.ct.affine, (3.0, 3.0, 3.0))
-    back = to_native(torch.from_numpy(_labels_to_grid(truth.astype(np.int64), coarse)), coarse)
+    back = to_native(torch.from_numpy(labels_to_network(truth.astype(np.int64), coarse)), coarse)
     for v in np.unique(truth)[1:]:
         assert dice(back == v, truth == v) > 0.8, v
 

@@ -71,20 +71,29 @@ def level_value(name: str) -> int | None:
     return None
 
 
+#: 26-connectivity: voxels touching by a corner belong together.
+FULL = np.ones((3, 3, 3), bool)
+
+
+def largest_piece(mask: np.ndarray, structure=FULL) -> np.ndarray:
+    """The largest connected piece of ``mask`` (all False when the mask is empty)."""
+    cc, n = ndimage.label(mask, structure=structure)
+    if n <= 1:
+        return cc > 0
+    sizes = np.bincount(cc.ravel())
+    sizes[0] = 0
+    return cc == int(np.argmax(sizes))
+
+
 def largest_components(labels: np.ndarray, values=None) -> np.ndarray:
     """Keep, in place, only the largest 26-connected component of each label value."""
-    objs = ndimage.find_objects(labels)
-    full = np.ones((3, 3, 3), bool)
-    for idx, sl in enumerate(objs):
+    for idx, sl in enumerate(ndimage.find_objects(labels)):
         value = idx + 1
         if sl is None or (values is not None and value not in values):
             continue
         crop = labels[sl]
-        cc, n = ndimage.label(crop == value, structure=full)
-        if n > 1:
-            sizes = np.bincount(cc.ravel())
-            sizes[0] = 0
-            crop[(cc != int(np.argmax(sizes))) & (cc > 0)] = 0
+        mask = crop == value
+        crop[mask & ~largest_piece(mask)] = 0
     return labels
 
 
@@ -141,12 +150,7 @@ def bodies_of(labels: np.ndarray, spacing: np.ndarray, radius_mm: float = BODY_O
         if not inner.any():
             continue
         opened = (ndimage.distance_transform_edt(~inner, sampling=spacing) <= radius_mm) & mask
-        cc, n = ndimage.label(opened)
-        if n == 0:
-            continue
-        sizes = np.bincount(cc.ravel())
-        sizes[0] = 0
-        out[pad][cc == int(np.argmax(sizes))] = value
+        out[pad][largest_piece(opened, structure=None)] = value
     return out
 
 

@@ -34,6 +34,7 @@ same correspondence.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -108,6 +109,14 @@ class ModelSpec:
 
 
 def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, computed once per file version (a shard job asks twice: for its
+    stamps, then when it loads the model)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -357,6 +366,18 @@ def _nearest_index(n_from: int, n_to: int, device) -> "torch.Tensor":
     return torch.round(pos).long().clamp_(0, n_from - 1)
 
 
+def labels_to_network(labels: np.ndarray, g: NetworkGrid) -> np.ndarray:
+    """A label array on the CT grid -> the network grid: the inverse lookup of :func:`to_native`
+    (nearest index on the same corner-aligned correspondence), for training targets."""
+    import nibabel.orientations as nio
+    import torch
+
+    out = torch.from_numpy(np.ascontiguousarray(nio.apply_orientation(labels, g.transform)))
+    for axis, n in enumerate(g.shape):
+        out = out.index_select(axis, _nearest_index(out.shape[axis], n, "cpu"))
+    return out.numpy()
+
+
 def to_native(labels: "torch.Tensor", g: NetworkGrid) -> np.ndarray:
     """Network-grid labels ``[X, Y, Z]`` -> numpy labels on the CT's own array grid."""
     import nibabel.orientations as nio
@@ -442,12 +463,11 @@ def keep_largest_components(labels: "torch.Tensor", values, max_steps: int = MAX
 def _largest_on_cpu(out: "torch.Tensor", box, m: "torch.Tensor") -> None:
     """The CPU fallback of :func:`keep_largest_components` for one level's box."""
     import torch
-    from scipy import ndimage
 
-    cc, n = ndimage.label(m.cpu().numpy(), structure=np.ones((3, 3, 3), bool))
-    if n > 1:
-        sizes = np.bincount(cc.ravel())
-        sizes[0] = 0
-        drop = torch.from_numpy((cc != int(np.argmax(sizes))) & (cc > 0)).to(out.device)
+    from .labelmap import largest_piece
+
+    mask = m.cpu().numpy()
+    drop = mask & ~largest_piece(mask)
+    if drop.any():
         region = out[box]
-        region[drop] = 0
+        region[torch.from_numpy(drop).to(out.device)] = 0
