@@ -75,13 +75,15 @@ class _Loaded:
     error: BaseException | None = None
 
 
-def _record_error(job: SeriesJob, exc: BaseException) -> Failure:
+def _record_error(job: SeriesJob, exc: BaseException, path: Path | None = None) -> Failure:
+    """``path``: the file being read or written when it happened (named in failures.csv)."""
     if isinstance(exc, SeriesError):
         log.error("segment failed: %s", exc)
         return Failure.from_error("segment", exc)
     log.error("segment of series %s raised an unexpected error", job.key, exc_info=exc)
     return Failure.from_error("segment", SeriesError(
         job.key, "segment-error", f"unexpected {type(exc).__name__}: {exc}",
+        path=str(path or job.converted / layout.VOLUME),
         hint="see the job log for the traceback; please report it"))
 
 
@@ -130,7 +132,7 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
                     write_failure(tmp, failure)
         except Exception as exc:  # noqa: BLE001 - the disk, not the series: say so and go on
             log.exception("could not write the result of series %s", job.key)
-            failure = _record_error(job, exc)
+            failure = _record_error(job, exc, path=job.out)
             try:  # record it, so that an older result cannot pass for this run's
                 with atomic_dir(job.out) as tmp:
                     write_failure(tmp, failure)

@@ -232,6 +232,7 @@ def test_a_shard_records_bad_series_and_finishes_the_rest(bundle, tmp_path):
     assert results["good"] is None and results["good2"] is None
     assert results["upstream"].reason == "missing-slices"
     assert results["corrupt"].reason == "segment-error"
+    assert results["corrupt"].path.endswith(layout.VOLUME)  # the file to look at
     assert read_failure(jobs[2].out).reason == "segment-error"
     qc = json.loads((jobs[0].out / layout.QC).read_text())
     assert qc["algorithm"]["parameters"]["weights_sha256"] == load_model(bundle).sha256
