@@ -75,20 +75,24 @@ SHARD_SECTIONS = {"download": None, "convert": "convert", "segment": "segment",
 
 
 def _cmd_shard(args) -> int:
-    from . import shards
+    from . import packs, shards
     from .config import parse_section
+    from .manifest import read_manifest
 
-    section = SHARD_SECTIONS[args.stage]
+    for pack in args.unpack:  # without a shared filesystem: what earlier stages left
+        packs.read_pack(pack)
     if args.stage == "download":
         shards.download(args.shard, _config_json(args.options).remote(), args.out, attempt=args.attempt)
-        return 0
-    options = parse_section(args.options, section)
-    if args.stage == "publish":
-        shards.publish(args.shard, options, args.out, attempt=args.attempt)
-    elif args.stage == "segment":
-        shards.segment(args.shard, options, args.out, threads=args.threads)
     else:
-        getattr(shards, args.stage)(args.shard, options, args.out)
+        options = parse_section(args.options, SHARD_SECTIONS[args.stage])
+        if args.stage == "publish":
+            shards.publish(args.shard, options, args.out, attempt=args.attempt)
+        elif args.stage == "segment":
+            shards.segment(args.shard, options, args.out, threads=args.threads)
+        else:
+            getattr(shards, args.stage)(args.shard, options, args.out)
+    if args.pack is not None:
+        packs.write_pack(args.stage, [row.series_key for row in read_manifest(args.shard)], args.pack)
     return 0
 
 
@@ -137,6 +141,13 @@ def _cmd_publish(args) -> int:
 def _cmd_cohort(args) -> int:
     from .cohort import write_cohort
 
+    if args.packs is not None:  # no shared filesystem: gather every shard's results here first
+        if args.shards is None:
+            raise SpineIdcError("cohort --packs needs --shards (the shard tables' folder)")
+        from .packs import unpack_shards
+        from .shards import read_shard_ids
+
+        unpack_shards(args.packs, args.pack_stages, read_shard_ids(args.shards), root=args.root)
     n, failed = write_cohort(args.manifest, args.parquet, args.csv, args.failures, root=args.root)
     print(f"{n} vertebrae measured; {failed} series failed (see {args.failures})")
     return 0
@@ -176,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None,
                    help="CPU threads the job was given (segment: torch's intra-op threads)")
     s.add_argument("--out", type=Path, required=True, help="the shard's marker (JSON)")
+    s.add_argument("--unpack", type=Path, action="append", default=[], metavar="PACK",
+                   help="unpack an earlier stage's pack of this shard first (no shared filesystem)")
+    s.add_argument("--pack", type=Path, default=None,
+                   help="then pack this stage's outputs for the shard's series into this tar")
     s.set_defaults(func=_cmd_shard)
 
     s = sub.add_parser("download", help="fetch and verify one remote series of the manifest")
@@ -238,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--parquet", type=Path, required=True)
     s.add_argument("--csv", type=Path, required=True)
     s.add_argument("--failures", type=Path, required=True)
+    s.add_argument("--packs", type=Path, default=None, metavar="DIR",
+                   help="no shared filesystem: unpack DIR/<stage>/<shard>.tar of every shard first")
+    s.add_argument("--shards", type=Path, default=None, help="the shard tables' folder (with --packs)")
+    s.add_argument("--pack-stages", nargs="+", default=["finish"], choices=["finish", "publish"],
+                   help="the stages whose packs hold the cohort's inputs (with --packs)")
     s.set_defaults(func=_cmd_cohort)
     return p
 

@@ -25,6 +25,10 @@ class ConfigError(SpineIdcError):
     """The configuration is missing, malformed, or fails its schema."""
 
 
+class PackError(SpineIdcError):
+    """A shard's pack (spine_idc.packs) is unreadable or holds what packs never hold."""
+
+
 class ManifestError(SpineIdcError):
     """A manifest table is malformed or fails its schema."""
 

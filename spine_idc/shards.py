@@ -60,14 +60,14 @@ def read_shard_ids(folder: str | Path) -> list[str]:
     return json.loads((Path(folder) / INDEX).read_text())["shards"]
 
 
-def _stamp_path(stage: str, key: str) -> Path:
+def stamp_path(stage: str, key: str) -> Path:
     from .scan import safe_series_key
 
     return Path("work") / "stamps" / stage / safe_series_key(key)
 
 
 def read_stamp(stage: str, key: str) -> str:
-    path = _stamp_path(stage, key)
+    path = stamp_path(stage, key)
     return path.read_text().strip() if path.exists() else ""
 
 
@@ -86,7 +86,7 @@ def _current(stage: str, key: str, want: str, *outputs: Path) -> bool:
 
 
 def _write_stamp(stage: str, key: str, value: str) -> None:
-    write_text(_stamp_path(stage, key), value + "\n")
+    write_text(stamp_path(stage, key), value + "\n")
 
 
 def _row_stamp(row: ManifestRow) -> str:

@@ -64,8 +64,10 @@ def test_profile_parses_as_snakemake_options(profile, monkeypatch):
         return
     assert options["executor"] == EXECUTORS[profile]
     assert int(options["retries"]) >= 1  # a job lost with its node is submitted again
-    if profile != "gpu":  # Slurm: the segment rule asks for its GPU itself
-        assert any(re.match(r"segment:(gpu|nvidia_gpu)=", entry) for entry in options["set-resources"])
+    # The segment rule asks for a GPU itself, and only for a network backend: a profile that
+    # set one would give a classical segmentation a GPU machine too.
+    assert not any(re.match(r"segment:(gpu|nvidia_gpu|machine_type|googlebatch_machine_type)=", entry)
+                   for entry in options.get("set-resources", []))
     if profile in ("gcp-batch", "k8s"):  # no shared filesystem: files go through a bucket
         assert options["default-storage-provider"] == "gcs"
         assert options["default-storage-prefix"] == CLOUD_ENV["SPINE_IDC_STORAGE_PREFIX"]

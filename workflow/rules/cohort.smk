@@ -4,12 +4,15 @@
 
 rule cohort:
     input:
+        unpack(cohort_packs),
         manifest=rules.manifest.output.manifest,
         shards=all_shards_done,
     output:
         parquet=P["cohort_parquet"],
         csv=P["cohort_csv"],
         failures=P["failures"],
+    params:
+        packs=cohort_pack_args,
     log:
         f"{P['logs']}/cohort.log",
     localrule: True
@@ -17,4 +20,4 @@ rule cohort:
         ENV
     shell:
         "spine-idc cohort --manifest {input.manifest} --parquet {output.parquet}"
-        " --csv {output.csv} --failures {output.failures} > {log} 2>&1"
+        " --csv {output.csv} --failures {output.failures} {params.packs} > {log} 2>&1"

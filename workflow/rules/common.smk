@@ -1,7 +1,23 @@
 # Input functions; kept here so rule files hold only rules.
 import os
+import shlex
+
+from snakemake.exceptions import WorkflowError
 
 REMOTE = config["source"] in ("idc", "dicomweb")  # series are downloaded before conversion
+
+# Without a shared filesystem (a default storage provider, as in the gcp-batch and k8s
+# profiles) only declared files travel between jobs: each shard job then also writes a pack of
+# its series' outputs, and the jobs after it unpack the packs they read (spine_idc.packs).
+# Decided by the storage settings, which the main process passes on to every job, so that both
+# see the same rules.
+PACKS = workflow.storage_settings.default_storage_provider is not None
+if PACKS and not REMOTE:
+    raise WorkflowError(
+        f"source: {config['source']} reads files on this machine, which jobs on other machines "
+        "(no shared filesystem: --default-storage-provider) cannot see; use source idc or "
+        "dicomweb there, or run on a shared filesystem (profiles local, gpu)"
+    )
 
 # The segment job's needs follow its backend: the networks want a GPU (unless told cpu).
 _NETWORK = config["segment"]["backend"] in ("monai", "totalsegmentator")
@@ -15,6 +31,49 @@ SEGMENT_SLURM_PARTITION = (
     os.environ.get("SPINE_IDC_SLURM_GPU_PARTITION", "gpu") if SEGMENT_GPUS
     else os.environ.get("SPINE_IDC_SLURM_CPU_PARTITION", "")
 )
+# What a GPU job asks of each executor; each reads its own names and ignores the others'.
+# Snakemake's standard `gpu` is Slurm's --gpus, `--resources gpu=1` on a workstation and the
+# Kubernetes plugin's nvidia.com/gpu; on Kubernetes also the GPU node pool's machine type, the
+# GPU's maker (for the plugin's toleration) and scale=0 (the plugin then sets limits, the only
+# way Kubernetes gives a GPU). Google Batch takes an accelerator type (nvidia_gpu; Batch then
+# installs the driver) and a machine that carries it. The names are the cloud profiles' site
+# variables (workflow/profiles/gcp-batch, k8s). None of this for a CPU segmentation, which then
+# runs where every CPU job runs.
+SEGMENT_GPU_RESOURCES = {
+    "gpu": 1,
+    "gpu_manufacturer": "nvidia",
+    "machine_type": os.environ.get("SPINE_IDC_K8S_GPU_MACHINE", "g2-standard-8"),
+    "scale": 0,
+    "nvidia_gpu": os.environ.get("SPINE_IDC_GCP_GPU", "nvidia-l4"),
+    "googlebatch_machine_type": os.environ.get("SPINE_IDC_GCP_GPU_MACHINE", "g2-standard-8"),
+    "googlebatch_cpu_milli": 8000,
+    "googlebatch_memory": 28000,
+} if SEGMENT_GPUS else {}
+
+
+def pack(stage):
+    return P["pack"].replace("{stage}", stage)
+
+
+def shard_outputs(stage):
+    """A shard job's outputs: its marker, and its pack when there is no shared filesystem."""
+    outputs = {"marker": P["shard_done"].replace("{stage}", stage)}
+    if PACKS:
+        outputs["pack"] = pack(stage)
+    return outputs
+
+
+def unpacked(*stages):
+    """Input: the packs of ``stages`` for this shard (none on a shared filesystem)."""
+    return {"packs": [pack(s) for s in stages]} if PACKS else {}
+
+
+def pack_args(wildcards, input, output):
+    """The job's --unpack/--pack arguments (empty on a shared filesystem)."""
+    args = [f"--unpack {shlex.quote(p)}" for p in input.get("packs", [])]
+    if "pack" in output.keys():
+        args.append(f"--pack {shlex.quote(output.pack)}")
+    return " ".join(args)
 
 
 def manifest_input(wildcards):
@@ -30,7 +89,41 @@ def convert_input(wildcards):
     inputs = {"shard": P["shard"].format(shard=wildcards.shard)}
     if REMOTE:
         inputs["downloaded"] = P["shard_done"].format(stage="download", shard=wildcards.shard)
+        inputs.update(unpacked("download"))
     return inputs
+
+
+def finish_packs():
+    # The SEG references the source files, which are in the download folder for remote series.
+    return unpacked(*(("download",) if REMOTE else ()), "convert", "segment")
+
+
+def publish_packs():
+    with_source = REMOTE and config["publish"]["include_source"]
+    return unpacked(*(("download",) if with_source else ()), "convert", "finish")
+
+
+def cohort_packs(wildcards):
+    """Without a shared filesystem the cohort reads the last stages' packs of every shard."""
+    if not PACKS:
+        return {}
+    from spine_idc.shards import read_shard_ids
+
+    shards = read_shard_ids(checkpoints.manifest.get().output.shards)
+    return {"packs": expand(P["pack"], stage=COHORT_PACK_STAGES, shard=shards),
+            "shard_tables": checkpoints.manifest.get().output.shards}
+
+
+def cohort_pack_args(wildcards, input):
+    if not PACKS or "packs" not in input.keys():  # not yet known: the manifest is not made
+        return ""
+    # A folder, not a list: at 100,000 series the list would not fit on a command line.
+    packs_dir = os.path.dirname(os.path.dirname(input.packs[0]))
+    stages = " ".join(COHORT_PACK_STAGES)
+    return f"--packs {shlex.quote(packs_dir)} --shards {shlex.quote(input.shard_tables)} --pack-stages {stages}"
+
+
+COHORT_PACK_STAGES = ["finish"] + (["publish"] if config["publish"]["to"] == "dicomweb" else [])
 
 
 def all_shards_done(wildcards):

@@ -7,9 +7,10 @@ rule convert:
     input:
         unpack(convert_input),
     output:
-        P["shard_done"].replace("{stage}", "convert"),
+        **shard_outputs("convert"),
     params:
         options=section_json(config, "convert"),
+        packs=pack_args,
     log:
         f"{P['logs']}/convert/{{shard}}.log",
     resources:
@@ -19,4 +20,4 @@ rule convert:
         ENV
     shell:
         "spine-idc shard convert --shard {input.shard} --options {params.options}"
-        " --out {output} > {log} 2>&1"
+        " {params.packs} --out {output.marker} > {log} 2>&1"

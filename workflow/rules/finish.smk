@@ -6,10 +6,12 @@ rule finish:
     input:
         shard=P["shard"],
         segmented=P["shard_done"].replace("{stage}", "segment"),
+        **finish_packs(),
     output:
-        P["shard_done"].replace("{stage}", "finish"),
+        **shard_outputs("finish"),
     params:
         options=section_json(config, "measure"),
+        packs=pack_args,
     log:
         f"{P['logs']}/finish/{{shard}}.log",
     resources:
@@ -19,4 +21,4 @@ rule finish:
         ENV
     shell:
         "spine-idc shard finish --shard {input.shard} --options {params.options}"
-        " --out {output} > {log} 2>&1"
+        " {params.packs} --out {output.marker} > {log} 2>&1"

@@ -7,10 +7,12 @@ rule publish:
     input:
         shard=P["shard"],
         finished=P["shard_done"].replace("{stage}", "finish"),
+        **publish_packs(),
     output:
-        P["shard_done"].replace("{stage}", "publish"),
+        **shard_outputs("publish"),
     params:
         options=section_json(config, "publish"),
+        packs=pack_args,
     retries: config["publish"]["retries"]
     log:
         f"{P['logs']}/publish/{{shard}}.log",
@@ -22,4 +24,4 @@ rule publish:
         ENV
     shell:
         "spine-idc shard publish --shard {input.shard} --options {params.options}"
-        " --attempt {resources.publish_attempt} --out {output} >> {log} 2>&1"
+        " --attempt {resources.publish_attempt} {params.packs} --out {output.marker} >> {log} 2>&1"

@@ -6,10 +6,12 @@ rule segment:
     input:
         shard=P["shard"],
         converted=P["shard_done"].replace("{stage}", "convert"),
+        **unpacked("convert"),
     output:
-        P["shard_done"].replace("{stage}", "segment"),
+        **shard_outputs("segment"),
     params:
         options=section_json(config, "segment"),
+        packs=pack_args,
     log:
         f"{P['logs']}/segment/{{shard}}.log",
     threads: SEGMENT_THREADS
@@ -20,13 +22,12 @@ rule segment:
         # Minutes: per series, the slowest case (the classical method or a network on a CPU
         # takes a minute or two; on a GPU a few seconds), plus loading the model.
         runtime=lambda wildcards: SEGMENT_MINUTES_PER_SERIES * config["shard_size"] + 10,
-        # Snakemake's standard GPU resource (Slurm's --gpus, the Kubernetes executor's limit,
-        # `--resources gpu=1` locally), only when the backend uses one.
-        gpu=SEGMENT_GPUS,
         # With the Slurm executor (profile `gpu`): the GPU partition only when a GPU is asked.
         slurm_partition=SEGMENT_SLURM_PARTITION,
+        # A GPU, only when the backend uses one (see common.smk).
+        **SEGMENT_GPU_RESOURCES,
     conda:
         ENV
     shell:
         "spine-idc shard segment --shard {input.shard} --options {params.options}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} {params.packs} --out {output.marker} > {log} 2>&1"

@@ -47,9 +47,10 @@ rule download:
     input:
         shard=P["shard"],
     output:
-        P["shard_done"].replace("{stage}", "download"),
+        **shard_outputs("download"),
     params:
         options=remote_config_json(config),
+        packs=pack_args,
     retries: config["download"]["retries"]
     log:
         f"{P['logs']}/download/{{shard}}.log",
@@ -62,4 +63,4 @@ rule download:
         ENV
     shell:
         "spine-idc shard download --shard {input.shard} --options {params.options}"
-        " --attempt {resources.download_attempt} --out {output} >> {log} 2>&1"
+        " --attempt {resources.download_attempt} {params.packs} --out {output.marker} >> {log} 2>&1"
