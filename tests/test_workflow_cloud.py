@@ -14,6 +14,7 @@ Marked ``slow``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,8 +25,10 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
+import requests
 
 from gcs_server import gcs_emulator_available, start_gcs
+from orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc
 from spine_idc.phantom import write_phantom
 from test_workflow_remote import write_standin_index
 from trained_bundle import LEVELS, bundle  # noqa: F401  (a fixture)
@@ -74,12 +77,23 @@ def _asked(jobs_dir: Path) -> dict[str, list[dict]]:
     return asked
 
 
-@pytest.mark.parametrize("profile,backend", [("gcp-batch", "classical"), ("k8s", "monai")])
-def test_idc_cohort_without_a_shared_filesystem(profile, backend, tmp_path, request):
+@pytest.mark.parametrize("profile,backend,publish", [("gcp-batch", "classical", True), ("k8s", "monai", False)])
+def test_idc_cohort_without_a_shared_filesystem(profile, backend, publish, tmp_path, request):
     """source=idc through jobs that share only a GCS bucket: two series finish, one with an
     instance missing from IDC's bucket is recorded as failed, and the measurements, SEG
     segments and failures equal those of a run on a shared filesystem.  Only a network backend
-    asks for a GPU (k8s: the GPU pool), and only for segment."""
+    asks for a GPU (k8s: the GPU pool), and only for segment.  With publishing, the SEG and SR
+    reach Orthanc (DICOMweb) with the source CT, and the cohort table has the viewer links."""
+    with contextlib.ExitStack() as stack:
+        store = None
+        if publish:
+            if not orthanc_available():
+                pytest.skip(UNAVAILABLE_REASON)
+            store = stack.enter_context(start_orthanc(tmp_path / "orthanc"))
+        _cohort_without_a_shared_filesystem(profile, backend, store, tmp_path, request)
+
+
+def _cohort_without_a_shared_filesystem(profile, backend, store, tmp_path, request):
     from s3_server import IDC_BUCKET, start_moto, upload_series
 
     segment, levels = f"segment={{'backend': '{backend}'}}", None
@@ -98,6 +112,7 @@ def test_idc_cohort_without_a_shared_filesystem(profile, backend, tmp_path, requ
         config = ("source=idc", f"idc={{'index': '{index}'}}",
                   "query={'collections': ['spine_phantoms'], 'max_series': 'null'}",
                   f"download={{'endpoint_url': '{s3.url}', 'retries': 0}}", "shard_size=2", segment,
+                  *([f"publish={{'to': 'dicomweb', 'url': '{store.url}', 'include_source': True}}"] if store else []),
                   # one thread for segment in both runs, so that a network sums in the same order
                   "--set-threads=segment=1")
         clone = _clone(tmp_path / "clone")
@@ -112,7 +127,7 @@ def test_idc_cohort_without_a_shared_filesystem(profile, backend, tmp_path, requ
     assert len(keys) == 3
     # Nothing per series crossed between jobs except inside the declared packs ...
     assert sorted(p.name for p in (bucket / "work" / "packs").iterdir()) == [
-        "convert", "download", "finish", "segment"]
+        "convert", "download", "finish", *(["publish"] if store else []), "segment"]
     assert sorted(p.name for p in (bucket / "work" / "packs" / "finish").iterdir()) == ["s00000.tar", "s00001.tar"]
     assert not (bucket / "work" / "convert").exists() and not (clone / "work" / "convert").exists()
     # ... and the cohort, on the submitting machine, unpacked the finished series.
@@ -121,6 +136,7 @@ def test_idc_cohort_without_a_shared_filesystem(profile, backend, tmp_path, requ
     missing = _uid(made["missing"])
     assert list(zip(failures["series_key"], failures["reason"])) == [(missing, "incomplete-download")]
     done = [k for k in keys if k != missing]
+    made_by_uid = {_uid(files): files for files in made.values()}
     check_outputs_at(clone, local, done)
 
     # The same answers as on a shared filesystem.
@@ -134,9 +150,19 @@ def test_idc_cohort_without_a_shared_filesystem(profile, backend, tmp_path, requ
         assert a.PixelData == b.PixelData
         assert [s.SegmentLabel for s in a.SegmentSequence] == [s.SegmentLabel for s in b.SegmentSequence]
 
+    if store is not None:  # published from the cloud run (the shared run found them there)
+        assert (cloud["viewer_url"] != "").all()
+        for key in done:
+            seg = pydicom.dcmread(clone / "results" / "series" / key / "seg.dcm", stop_before_pixels=True)
+            found = requests.get(f"{store.url}/studies/{seg.StudyInstanceUID}/series", timeout=30).json()
+            assert sorted(item["00080060"]["Value"][0] for item in found) == ["CT", "SEG", "SR"]
+            record = json.loads((clone / "work" / "publish" / f"{key}.json").read_text())
+            assert {i["status"] for i in record["instances"]} == {"stored"}  # by the cloud run
+            assert len(record["instances"]) == len(made_by_uid[key]) + 2  # the CT, SEG and SR
+
     # What the jobs asked for: a GPU for a network's segment only.
     asked = _asked(tmp_path / "jobs")
-    assert sorted(asked) == ["convert", "download", "finish", "segment"]  # the rest ran here
+    assert sorted(asked) == ["convert", "download", "finish", *(["publish"] if store else []), "segment"]
     for rule, jobs in asked.items():
         for resources in jobs:
             if rule == "segment" and backend == "monai":
