@@ -103,3 +103,21 @@ def test_qc_is_honest_about_a_short_view(result):
     assert all(v.name.startswith("vertebra") for v in qc.vertebrae)
     assert all("unidentified" in v.flags for v in qc.vertebrae)
     assert qc.warnings
+
+
+@pytest.mark.parametrize("names,spaced_right", [(("T11", "T12"), True), (("T5", "T12"), False)])
+def test_shared_network_qc_judges_names_by_spacing(ct, names, spaced_right):
+    """TotalSegmentator's T11/T12 masks through the QC every network backend shares: its own
+    names fit the distance between the two vertebrae; the same masks called T5 and T12 do not."""
+    from spine_idc import coding
+    from spine_idc.segment.base import FLAG_IMPLAUSIBLE_SPACING
+    from spine_idc.segment.labelmap import finish_labels
+
+    ts = labels_on_grid(CASE / "labels_totalsegmentator.nii.gz", ct.array.shape, ct.affine)
+    value = {lv.name: lv.value for lv in coding.LEVELS}
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[ts == TS_T11], labels[ts == TS_T12] = value[names[0]], value[names[1]]
+    qc = finish_labels(ct, labels, series_key="ts_t11_t12", backend="test", version="0").qc
+    assert [v.name for v in qc.vertebrae] == list(names)
+    flagged = [FLAG_IMPLAUSIBLE_SPACING in v.flags for v in qc.vertebrae]
+    assert flagged == [not spaced_right] * 2

@@ -32,6 +32,7 @@ FLAG_IMPLAUSIBLE_HEIGHT = "implausible-height"
 FLAG_UNIDENTIFIED = "unidentified"
 FLAG_ANCHOR_CONFLICT = "anchor-conflict"
 FLAG_NO_BODY = "no-body"
+FLAG_IMPLAUSIBLE_SPACING = "implausible-spacing"
 
 
 @dataclasses.dataclass

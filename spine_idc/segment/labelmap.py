@@ -13,7 +13,11 @@ per vertebra and a QC record; this module derives them, the same way for every n
 * **bodies**: a morphological opening with a ball of :data:`BODY_OPENING_MM` removes the thin
   posterior elements (pedicles, laminae, processes are 5-8 mm thick) and keeps the body, which
   is 12-50 mm across at every level; the largest opened piece is the body;
-* **axis**: from each vertebra's neighbours' centroids (the local spine direction, cranial).
+* **axis**: from each vertebra's neighbours' centroids (the local spine direction, cranial);
+* **spacing**: the distance between the centroids of any two named vertebrae must fit the
+  levels between them (:data:`PITCH_MM`, within :data:`PITCH_RATIO`): five lumbar names on 5 cm
+  of thoracic spine, or "neighbours" 12 cm apart, are flagged ``implausible-spacing``, however
+  good each mask looks.
 
 The flags and the size and height limits are those of the classical backend (:mod:`.levels`),
 so QC reads the same whichever backend ran.
@@ -35,6 +39,7 @@ from .base import (
     FLAG_FOV_BORDER,
     FLAG_IMPLAUSIBLE_HEIGHT,
     FLAG_IMPLAUSIBLE_SIZE,
+    FLAG_IMPLAUSIBLE_SPACING,
     FLAG_NO_BODY,
     QCRecord,
     SegmentationResult,
@@ -45,6 +50,14 @@ log = logging.getLogger(__name__)
 
 #: Radius (mm) of the ball that opens a vertebra down to its body.
 BODY_OPENING_MM = 3.5
+#: Expected centroid-to-centroid distance (mm) from a level to the next one down: body height
+#: plus the disc below, rough adult figures (the phantom's anatomy table has the same sizes).
+#: By region: C2..C7, T1..T6, T7..T12, L1..L4 (L5's next is the sacrum, not checked).
+PITCH_MM = {"C": 18.0, "T_upper": 22.0, "T_lower": 27.0, "L": 36.0}
+#: Observed over expected distance outside this range flags both neighbours (wide enough for
+#: small and large adults, a kyphotic curve and partial volumes; not for a level's name being
+#: wrong by two or more).
+PITCH_RATIO = (0.5, 1.8)
 #: Label values this module treats as bone of the spine (C1..L5, sacrum, S1).
 VERTEBRA_VALUES = frozenset(lv.value for lv in coding.LABEL_TABLE if lv.is_vertebra)
 #: The values whose cranio-caudal order is checked (S1 and the sacrum overlap in height).
@@ -178,6 +191,40 @@ def _height(bodies: np.ndarray, value: int, affine_lps: np.ndarray, axis: np.nda
     return float(np.percentile(h, 99) - np.percentile(h, 1) + step)
 
 
+def _pitch(name: str) -> float | None:
+    """Expected distance (mm) from level ``name`` to the next level down; None if unchecked."""
+    if name in ("C1", "L5") or name[0] not in "CTL":  # C1 has no body; below L5 the sacrum
+        return None
+    if name[0] == "T":
+        return PITCH_MM["T_upper"] if int(name[1:]) <= 6 else PITCH_MM["T_lower"]
+    return PITCH_MM[name[0]]
+
+
+def _badly_spaced(order: list[int], centroids: dict, touching: set[int]) -> set[int]:
+    """Values of named vertebrae whose distance to another named vertebra does not fit the
+    levels between them: every pair is judged, so a run of names squeezed into too short a
+    stretch is caught even when neighbours alone would pass.  A vertebra cut by the field of
+    view has its centroid up to half a level off, so each cut end widens the bounds by that."""
+    bad: set[int] = set()
+    for i, upper in enumerate(order):
+        for lower in order[i + 1:]:
+            a, b = coding.level_for_value(upper), coding.level_for_value(lower)
+            if a.index < 0 or b.index <= a.index:
+                continue  # S1 and the cord have no place in the sequence
+            pitches = [_pitch(lv.name) for lv in coding.LEVELS[a.index:b.index]]
+            if None in pitches:
+                continue
+            expected = sum(pitches)
+            slack = 0.5 * ((pitches[0] if upper in touching else 0.0)
+                           + (pitches[-1] if lower in touching else 0.0))
+            found = float(np.linalg.norm(np.subtract(centroids[upper], centroids[lower])))
+            if not PITCH_RATIO[0] * expected - slack <= found <= PITCH_RATIO[1] * expected + slack:
+                log.info("%s to %s: %.0f mm between centroids, %.0f mm expected", a.name, b.name,
+                         found, expected)
+                bad |= {upper, lower}
+    return bad
+
+
 def finish_labels(
     ct: Volume,
     labels: np.ndarray,
@@ -245,7 +292,10 @@ def finish_labels(
             body_height_mm=None if height is None else round(height, 2),
             centroid_lps=tuple(round(float(c), 2) for c in cen[v]),
             axis_lps=tuple(round(float(a), 5) for a in axes[v]), flags=flags))
-    bad = sum(1 for r in records if {FLAG_IMPLAUSIBLE_SIZE, FLAG_IMPLAUSIBLE_HEIGHT, FLAG_NO_BODY} & set(r.flags))
+    for v in _badly_spaced(order, cen, touching):
+        records[order.index(v)].flags.append(FLAG_IMPLAUSIBLE_SPACING)
+    bad = sum(1 for r in records if {FLAG_IMPLAUSIBLE_SIZE, FLAG_IMPLAUSIBLE_HEIGHT, FLAG_NO_BODY,
+                                     FLAG_IMPLAUSIBLE_SPACING} & set(r.flags))
     confidence = 0.0 if not records else round((0.6 if moved else 0.9) * (1.0 - 0.5 * bad / len(records)), 3)
     timing = dict(timing or {})
     timing["finish"] = round(time.perf_counter() - t, 3)
