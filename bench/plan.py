@@ -7,11 +7,18 @@ planned, seconds, and the same with one job per series (``shard_size: 1``) where
 feasible, the design this replaced.
 
     .venv/bin/python bench/plan.py [--sizes 1000 10000 100000] [--shard-size 20]
+
+``--no-shared-fs`` plans as the gcp-batch and k8s profiles do: outputs in a GCS bucket (here a
+GCS emulator on loopback, ``tests/gcs_server.py``) through Snakemake's GCS storage plugin, each
+shard job with a pack beside its marker.  The manifest and shard tables are uploaded first and
+kept as the main process's local copies, as after the manifest job.  The emulator answers on
+loopback, so this times Snakemake's side; GCS's own latency comes on top.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -39,17 +46,51 @@ def cohort(n: int) -> list[ManifestRow]:
     return rows
 
 
-def plan(n: int, shard_size: int) -> tuple[int, int, float]:
+BUCKET = "spine-idc-bench"
+
+
+def _upload(root: Path, prefix: str) -> None:
+    """Put every file under ``root`` into the emulator's bucket under ``prefix``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from google.cloud import storage
+
+    bucket = storage.Client().bucket(BUCKET)
+    files = [p for p in root.rglob("*") if p.is_file()]
+    with ThreadPoolExecutor(2) as pool:  # the emulator drops connections beyond a few
+        list(pool.map(lambda p: bucket.blob(f"{prefix}/{p.relative_to(root).as_posix()}").upload_from_filename(p),
+                      files))
+
+
+def plan(n: int, shard_size: int, gcs=None) -> tuple[int, int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        # Without a shared filesystem the manifest's outputs are in the bucket and, as local
+        # copies, under .snakemake/storage/ of the main process.
+        made = work / ".snakemake" / "storage" / "gcs" / BUCKET / "run" if gcs else work
         rows = cohort(n)
-        write_manifest(rows, work / "results" / "manifest.tsv")
-        (work / "work" / "manifest").mkdir(parents=True)
-        shards = write_shards(rows, work / "work" / "shards", shard_size)
+        write_manifest(rows, made / "results" / "manifest.tsv")
+        (made / "work" / "manifest").mkdir(parents=True)
+        (made / "work" / "manifest" / ".snakemake_timestamp").touch()
+        shards = write_shards(rows, made / "work" / "shards", shard_size)
+        (made / "work" / "shards" / ".snakemake_timestamp").touch()
         cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
                "--directory", str(work), "--configfile", str(REPO / "config.yaml"), "-n", "--quiet",
                "rules", "--config", f"shard_size={shard_size}"]
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        if gcs:
+            os.environ.update(gcs.client_env())
+            env.update(gcs.client_env())
+            prefix = f"{n}-{shard_size}/run"
+            made_here = made
+            _upload(made_here, prefix)
+            cmd[cmd.index("--config"):cmd.index("--config")] = [
+                "--default-storage-provider", "gcs", "--default-storage-prefix", f"gs://{BUCKET}/{prefix}",
+                "--keep-storage-local-copies"]
+            # The local copies' folder follows the prefix.
+            target = work / ".snakemake" / "storage" / "gcs" / BUCKET / prefix
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made_here.rename(target)
         started = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - started
@@ -65,13 +106,23 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=20)
     ap.add_argument("--per-series-up-to", type=int, default=10_000,
                     help="also plan one job per series (shard_size 1) for cohorts up to this size")
+    ap.add_argument("--no-shared-fs", action="store_true",
+                    help="plan with a default storage provider (GCS emulator), as gcp-batch and k8s do")
     args = ap.parse_args()
-    print(f"{'series':>8} {'shard size':>10} {'shards':>7} {'jobs':>7} {'plan s':>7}")
-    for n in args.sizes:
-        sizes = [args.shard_size] + ([1] if n <= args.per_series_up_to else [])
-        for size in sizes:
-            shards, jobs, seconds = plan(n, size)
-            print(f"{n:>8} {size:>10} {shards:>7} {jobs:>7} {seconds:>7.1f}", flush=True)
+    with contextlib.ExitStack() as stack:
+        gcs = None
+        if args.no_shared_fs:
+            sys.path.insert(0, str(REPO / "tests"))
+            from gcs_server import start_gcs
+
+            gcs = stack.enter_context(start_gcs(Path(stack.enter_context(tempfile.TemporaryDirectory())), BUCKET))
+            print("no shared filesystem: outputs in a GCS bucket (emulator on loopback)")
+        print(f"{'series':>8} {'shard size':>10} {'shards':>7} {'jobs':>7} {'plan s':>7}")
+        for n in args.sizes:
+            sizes = [args.shard_size] + ([1] if n <= args.per_series_up_to and not gcs else [])
+            for size in sizes:
+                shards, jobs, seconds = plan(n, size, gcs)
+                print(f"{n:>8} {size:>10} {shards:>7} {jobs:>7} {seconds:>7.1f}", flush=True)
     print("(jobs: every job of the plan; the manifest is already made, as after the query)")
 
 

@@ -92,7 +92,8 @@ def _cmd_shard(args) -> int:
         else:
             getattr(shards, args.stage)(args.shard, options, args.out)
     if args.pack is not None:
-        packs.write_pack(args.stage, [row.series_key for row in read_manifest(args.shard)], args.pack)
+        packs.write_pack(args.stage, [row.series_key for row in read_manifest(args.shard)], args.pack,
+                         extra=[args.out])  # the marker travels in the pack
     return 0
 
 

@@ -10,7 +10,9 @@ their usual relative paths.  A later job unpacks the packs it needs into its own
 it starts, so the stages themselves do not change.
 
 What a pack holds (:func:`members`): the stage's per-series folder or record, and its stamp (the
-next stage's stamps are computed from it).  The ``finish`` pack also carries the segment stage's
+next stage's stamps are computed from it), and the shard's marker (``work/done/...``): the pack
+is then the job's only declared output, because Snakemake asks the bucket about every declared
+file, one request at a time, when it plans.  The ``finish`` pack also carries the segment stage's
 failure record, which is all the cohort table needs from that stage, and the SEG and SR.
 
 Unpacking accepts regular files and folders below ``work/`` and ``results/`` only: a pack is
@@ -50,22 +52,28 @@ def members(stage: str, key: str) -> list[Path]:
     raise ValueError(f"no pack for stage {stage!r}; stages: {', '.join(STAGES)}")
 
 
-def write_pack(stage: str, keys: Iterable[str], out: str | Path, root: str | Path = ".") -> int:
+def write_pack(stage: str, keys: Iterable[str], out: str | Path, root: str | Path = ".",
+               extra: Iterable[str | Path] = ()) -> int:
     """Write what ``stage`` left for ``keys`` under ``root`` into the tar ``out`` (atomically).
 
-    Series without outputs at this stage (failed earlier) are simply absent.  Returns the number
-    of files packed.  The tar is not compressed: volumes and label maps are gzipped already and
-    DICOM barely compresses.
+    ``extra``: more files to carry, relative to ``root`` (the shard's marker).  Series without
+    outputs at this stage (failed earlier) are simply absent.  Returns the number of files
+    packed.  The tar is not compressed: volumes and label maps are gzipped already and DICOM
+    barely compresses.
     """
     root = Path(root)
     count = 0
+    rels = [rel for key in keys for rel in members(stage, key)]
+    for rel in map(Path, extra):
+        if rel.is_absolute() or not rel.parts or rel.parts[0] not in ROOTS:
+            raise ValueError(f"{rel}: a pack carries files below {' and '.join(ROOTS)}/ only")
+        rels.append(rel)
     with atomic_path(out, suffix=".tar") as tmp:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for key in keys:
-                for rel in members(stage, key):
-                    for path in _files_under(root / rel):
-                        tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
-                        count += 1
+            for rel in rels:
+                for path in _files_under(root / rel):
+                    tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
+                    count += 1
     log.info("packed %d files of %s into %s", count, stage, out)
     return count
 

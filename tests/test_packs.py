@@ -103,3 +103,13 @@ def test_unpack_shards_reads_each_stage_of_each_shard(tmp_path):
     packs.write_pack("publish", KEYS[1:], tmp_path / "packs" / "publish" / "s00000.tar", root=src)
     assert packs.unpack_shards(tmp_path / "packs", ["finish", "publish"], ["s00000"], root=dst) == 2
     assert set(_files(dst)) == {f"work/finish/{KEYS[0]}.json", f"work/publish/{KEYS[1]}.json"}
+
+
+def test_the_marker_travels_in_the_pack_and_nothing_outside_work_and_results(tmp_path):
+    src, dst = tmp_path / "job", tmp_path / "next"
+    _write(src, Path("work/done/convert/s00000.json"), "{}")
+    packs.write_pack("convert", KEYS, tmp_path / "p.tar", root=src, extra=["work/done/convert/s00000.json"])
+    packs.read_pack(tmp_path / "p.tar", root=dst)
+    assert set(_files(dst)) == {"work/done/convert/s00000.json"}
+    with pytest.raises(ValueError, match="below work and results"):
+        packs.write_pack("convert", KEYS, tmp_path / "q.tar", root=src, extra=["config.yaml"])

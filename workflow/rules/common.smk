@@ -55,12 +55,23 @@ def pack(stage):
     return P["pack"].replace("{stage}", stage)
 
 
+def done(stage):
+    """The file that says a shard is through ``stage``: its marker, or without a shared
+    filesystem its pack, which then holds the marker too. One declared file per shard job:
+    Snakemake asks the bucket about each declared file one request at a time."""
+    return pack(stage) if PACKS else P["shard_done"].replace("{stage}", stage)
+
+
 def shard_outputs(stage):
-    """A shard job's outputs: its marker, and its pack when there is no shared filesystem."""
-    outputs = {"marker": P["shard_done"].replace("{stage}", stage)}
-    if PACKS:
-        outputs["pack"] = pack(stage)
-    return outputs
+    """A shard job's one output (see done)."""
+    return {"pack": done(stage)} if PACKS else {"marker": done(stage)}
+
+
+def marker(stage):
+    """Param: where the job writes its marker (the output, or a file that goes into the pack)."""
+    return lambda wildcards, output: (
+        P["shard_done"].format(stage=stage, shard=wildcards.shard) if PACKS else output.marker
+    )
 
 
 def unpacked(*stages):
@@ -88,7 +99,7 @@ def manifest_input(wildcards):
 def convert_input(wildcards):
     inputs = {"shard": P["shard"].format(shard=wildcards.shard)}
     if REMOTE:
-        inputs["downloaded"] = P["shard_done"].format(stage="download", shard=wildcards.shard)
+        inputs["downloaded"] = done("download").format(shard=wildcards.shard)
         inputs.update(unpacked("download"))
     return inputs
 
@@ -127,9 +138,9 @@ COHORT_PACK_STAGES = ["finish"] + (["publish"] if config["publish"]["to"] == "di
 
 
 def all_shards_done(wildcards):
-    """Every shard's last marker (finish, or publish when results are published)."""
+    """Every shard's last stage (finish, or publish when results are published) done."""
     from spine_idc.shards import read_shard_ids
 
     shards = read_shard_ids(checkpoints.manifest.get().output.shards)
     last = "publish" if config["publish"]["to"] == "dicomweb" else "finish"
-    return expand(P["shard_done"], stage=last, shard=shards)
+    return expand(done(last), shard=shards)

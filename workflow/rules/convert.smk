@@ -11,6 +11,7 @@ rule convert:
     params:
         options=section_json(config, "convert"),
         packs=pack_args,
+        marker=marker("convert"),
     log:
         f"{P['logs']}/convert/{{shard}}.log",
     resources:
@@ -20,4 +21,4 @@ rule convert:
         ENV
     shell:
         "spine-idc shard convert --shard {input.shard} --options {params.options}"
-        " {params.packs} --out {output.marker} > {log} 2>&1"
+        " {params.packs} --out {params.marker} > {log} 2>&1"

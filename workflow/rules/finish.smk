@@ -5,13 +5,14 @@
 rule finish:
     input:
         shard=P["shard"],
-        segmented=P["shard_done"].replace("{stage}", "segment"),
+        segmented=done("segment"),
         **finish_packs(),
     output:
         **shard_outputs("finish"),
     params:
         options=section_json(config, "measure"),
         packs=pack_args,
+        marker=marker("finish"),
     log:
         f"{P['logs']}/finish/{{shard}}.log",
     resources:
@@ -21,4 +22,4 @@ rule finish:
         ENV
     shell:
         "spine-idc shard finish --shard {input.shard} --options {params.options}"
-        " {params.packs} --out {output.marker} > {log} 2>&1"
+        " {params.packs} --out {params.marker} > {log} 2>&1"

@@ -6,13 +6,14 @@
 rule publish:
     input:
         shard=P["shard"],
-        finished=P["shard_done"].replace("{stage}", "finish"),
+        finished=done("finish"),
         **publish_packs(),
     output:
         **shard_outputs("publish"),
     params:
         options=section_json(config, "publish"),
         packs=pack_args,
+        marker=marker("publish"),
     retries: config["publish"]["retries"]
     log:
         f"{P['logs']}/publish/{{shard}}.log",
@@ -24,4 +25,4 @@ rule publish:
         ENV
     shell:
         "spine-idc shard publish --shard {input.shard} --options {params.options}"
-        " --attempt {resources.publish_attempt} {params.packs} --out {output.marker} >> {log} 2>&1"
+        " --attempt {resources.publish_attempt} {params.packs} --out {params.marker} >> {log} 2>&1"

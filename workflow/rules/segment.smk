@@ -5,13 +5,14 @@
 rule segment:
     input:
         shard=P["shard"],
-        converted=P["shard_done"].replace("{stage}", "convert"),
+        converted=done("convert"),
         **unpacked("convert"),
     output:
         **shard_outputs("segment"),
     params:
         options=section_json(config, "segment"),
         packs=pack_args,
+        marker=marker("segment"),
     log:
         f"{P['logs']}/segment/{{shard}}.log",
     threads: SEGMENT_THREADS
@@ -30,4 +31,4 @@ rule segment:
         ENV
     shell:
         "spine-idc shard segment --shard {input.shard} --options {params.options}"
-        " --threads {threads} {params.packs} --out {output.marker} > {log} 2>&1"
+        " --threads {threads} {params.packs} --out {params.marker} > {log} 2>&1"

@@ -51,6 +51,7 @@ rule download:
     params:
         options=remote_config_json(config),
         packs=pack_args,
+        marker=marker("download"),
     retries: config["download"]["retries"]
     log:
         f"{P['logs']}/download/{{shard}}.log",
@@ -63,4 +64,4 @@ rule download:
         ENV
     shell:
         "spine-idc shard download --shard {input.shard} --options {params.options}"
-        " --attempt {resources.download_attempt} {params.packs} --out {output.marker} >> {log} 2>&1"
+        " --attempt {resources.download_attempt} {params.packs} --out {params.marker} >> {log} 2>&1"
