@@ -263,8 +263,11 @@ def finish_labels(
     cen = _centroids(labels, present, aff, boxes)
     order = sorted(present, key=lambda v: coding.level_for_value(int(v)).rank)
     axes = _axes(order, cen)
-    counts = np.bincount(labels.ravel(), minlength=int(max(present, default=0)) + 1)
-    body_counts = np.bincount(bodies.ravel(), minlength=len(counts))
+    # Counted inside each level's box: a bincount of the whole volume costs more than all
+    # the rest of the QC (it widens 80 M label bytes to 8-byte counts indices).
+    counts = {v: int(np.count_nonzero(labels[boxes[v]] == v)) for v in present}
+    body_counts = {v: int(np.count_nonzero(bodies[body_boxes[v]] == v)) if v in body_boxes else 0
+                   for v in present}
     touching = {int(v) for f in (labels[0], labels[-1], labels[:, 0], labels[:, -1],
                                  labels[:, :, 0], labels[:, :, -1]) for v in np.unique(f) if v}
     vox_ml = ct.voxel_volume_mm3 / 1000.0
