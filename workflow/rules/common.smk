@@ -7,8 +7,9 @@ from snakemake.exceptions import WorkflowError
 REMOTE = config["source"] in ("idc", "dicomweb")  # series are downloaded before conversion
 
 # Without a shared filesystem (a default storage provider, as in the gcp-batch and k8s
-# profiles) only declared files travel between jobs: each shard job then also writes a pack of
-# its series' outputs, and the jobs after it unpack the packs they read (spine_idc.packs).
+# profiles) only declared files travel between jobs: each shard job then writes a pack of its
+# series' outputs and its marker, its one declared output, and the jobs after it unpack the
+# packs they read (spine_idc.packs).
 # Decided by the storage settings, which the main process passes on to every job, so that both
 # see the same rules.
 PACKS = workflow.storage_settings.default_storage_provider is not None
