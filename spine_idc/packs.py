@@ -12,8 +12,10 @@ it starts, so the stages themselves do not change.
 What a pack holds (:func:`members`): the stage's per-series folder or record, and its stamp (the
 next stage's stamps are computed from it), and the shard's marker (``work/done/...``): the pack
 is then the job's only declared output, because Snakemake asks the bucket about every declared
-file, one request at a time, when it plans.  The ``finish`` pack also carries the segment stage's
-failure record, which is all the cohort table needs from that stage, and the SEG and SR.
+file, one request at a time, when it plans.  The ``finish`` pack holds the SEG and SR, and also
+carries the two small files later readers need from earlier stages: the segment stage's failure
+record (the cohort table) and the converted series' ``series.json`` (publish: the source's UIDs
+and files), so that neither has to fetch the volumes.
 
 Unpacking accepts regular files and folders below ``work/`` and ``results/`` only: a pack is
 written by this module, and anything else in it (an absolute path, ``..``, a link, a device) is
@@ -43,10 +45,11 @@ def members(stage: str, key: str) -> list[Path]:
     """The relative paths (files or folders) that ``stage`` writes for series ``key``."""
     if stage in ("download", "convert", "segment"):
         return [layout.path(stage, key), stamp_path(stage, key)]
-    if stage == "finish":
+    if stage == "finish":  # with what publish and the cohort read of earlier stages
         return [layout.path("measure", key), layout.path("finish", key),
                 layout.path("seg", key).parent, stamp_path("finish", key),
-                layout.path("segment", key) / layout.FAILURE]
+                layout.path("segment", key) / layout.FAILURE,
+                layout.path("convert", key) / layout.SERIES_INFO]
     if stage == "publish":
         return [layout.path("publish", key)]
     raise ValueError(f"no pack for stage {stage!r}; stages: {', '.join(STAGES)}")

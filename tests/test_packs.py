@@ -41,7 +41,7 @@ def test_round_trip_of_a_stage(tmp_path):
     assert _files(dst) == expected
 
 
-def test_finish_pack_carries_the_products_and_the_upstream_failure_only(tmp_path):
+def test_finish_pack_carries_the_products_and_only_the_small_upstream_files(tmp_path):
     src, dst = tmp_path / "job", tmp_path / "cohort"
     good, bad = KEYS
     _write(src, layout.path("measure", good), "{}")
@@ -51,12 +51,15 @@ def test_finish_pack_carries_the_products_and_the_upstream_failure_only(tmp_path
     _write(src, stamp_path("finish", good), "s\n")
     _write(src, layout.path("segment", good) / layout.LABELS, "labels stay behind")
     _write(src, layout.path("segment", bad) / layout.FAILURE, '{"reason": "no-spine"}')
+    _write(src, layout.path("convert", good) / layout.SERIES_INFO, "{}")
+    _write(src, layout.path("convert", good) / layout.VOLUME, "the volume stays behind")
 
     packs.write_pack("finish", KEYS, tmp_path / "finish.tar", root=src)
     packs.read_pack(tmp_path / "finish.tar", root=dst)
     assert set(_files(dst)) == {
         f"work/measure/{good}.json", f"work/finish/{good}.json", f"results/series/{good}/seg.dcm",
-        f"results/series/{good}/sr.dcm", f"work/stamps/finish/{good}", f"work/segment/{bad}/failure.json"}
+        f"results/series/{good}/sr.dcm", f"work/stamps/finish/{good}", f"work/segment/{bad}/failure.json",
+        f"work/convert/{good}/series.json"}
 
 
 def _tar_with(path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> Path:

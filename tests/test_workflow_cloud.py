@@ -129,7 +129,8 @@ def _cohort_without_a_shared_filesystem(profile, backend, store, tmp_path, reque
     assert sorted(p.name for p in (bucket / "work" / "packs").iterdir()) == [
         "convert", "download", "finish", *(["publish"] if store else []), "segment"]
     assert sorted(p.name for p in (bucket / "work" / "packs" / "finish").iterdir()) == ["s00000.tar", "s00001.tar"]
-    assert not (bucket / "work" / "convert").exists() and not (clone / "work" / "convert").exists()
+    assert not (bucket / "work" / "convert").exists()
+    assert not list(clone.glob("work/convert/*/volume.nii.gz"))  # only series.json came back
     assert not (bucket / "work" / "done").exists()  # the markers are in the packs: one file a job
     # ... and the cohort, on the submitting machine, unpacked the finished series.
     local = clone / ".snakemake" / "storage" / "gcs" / BUCKET / "run"

@@ -111,8 +111,9 @@ def finish_packs():
 
 
 def publish_packs():
+    # The finish pack carries series.json; the source files only when they are published too.
     with_source = REMOTE and config["publish"]["include_source"]
-    return unpacked(*(("download",) if with_source else ()), "convert", "finish")
+    return unpacked(*(("download",) if with_source else ()), "finish")
 
 
 def cohort_packs(wildcards):
