@@ -49,7 +49,8 @@ def _clone(dest: Path) -> Path:
     return dest
 
 
-def _cloud_snakemake(clone: Path, profile: str, gcs, jobs_dir: Path, *args: str) -> subprocess.CompletedProcess:
+def _cloud_snakemake(clone: Path, profile: str, gcs, jobs_dir: Path, *args: str,
+                     preempt: str = "") -> subprocess.CompletedProcess:
     """``snakemake --profile workflow/profiles/<profile>`` as documented, with this file's
     executor in place of the profile's (the rest of the profile applies: storage, retries)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", "workflow/Snakefile", "--configfile", "config.yaml",
@@ -60,7 +61,7 @@ def _cloud_snakemake(clone: Path, profile: str, gcs, jobs_dir: Path, *args: str)
            "SPINE_IDC_IMAGE": "registry.example/spine-idc:test",
            "SPINE_IDC_STORAGE_PREFIX": f"gs://{BUCKET}/run",
            "PYTHONPATH": str(PLUGINS), "SPINE_IDC_EMPTYDIR_ROOT": str(jobs_dir),
-           "SPINE_IDC_EMPTYDIR_PASS": "STORAGE_EMULATOR_HOST"}
+           "SPINE_IDC_EMPTYDIR_PASS": "STORAGE_EMULATOR_HOST", "SPINE_IDC_EMPTYDIR_PREEMPT": preempt}
     out = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(jobs_dir.glob("*.log")))
@@ -80,8 +81,9 @@ def _asked(jobs_dir: Path) -> dict[str, list[dict]]:
 @pytest.mark.parametrize("profile,backend,publish", [("gcp-batch", "classical", True), ("k8s", "monai", False)])
 def test_idc_cohort_without_a_shared_filesystem(profile, backend, publish, tmp_path, request):
     """source=idc through jobs that share only a GCS bucket: two series finish, one with an
-    instance missing from IDC's bucket is recorded as failed, and the measurements, SEG
-    segments and failures equal those of a run on a shared filesystem.  Only a network backend
+    instance missing from IDC's bucket is recorded as failed, a segment job killed half-way (a
+    reclaimed spot VM) is run again, and the measurements, SEG segments and failures equal
+    those of a run on a shared filesystem.  Only a network backend
     asks for a GPU (k8s: the GPU pool), and only for segment.  With publishing, the SEG and SR
     reach Orthanc (DICOMweb) with the source CT, and the cohort table has the viewer links."""
     with contextlib.ExitStack() as stack:
@@ -116,7 +118,9 @@ def _cohort_without_a_shared_filesystem(profile, backend, store, tmp_path, reque
                   # one thread for segment in both runs, so that a network sums in the same order
                   "--set-threads=segment=1")
         clone = _clone(tmp_path / "clone")
-        _cloud_snakemake(clone, profile, gcs, tmp_path / "jobs", *config)
+        # The first segment job is killed while it runs, as when a spot VM is reclaimed: the
+        # profile's retries submit it again, into a new empty folder.
+        _cloud_snakemake(clone, profile, gcs, tmp_path / "jobs", *config, preempt="segment")
         again = _cloud_snakemake(clone, profile, gcs, tmp_path / "again", *config)
         shared = tmp_path / "shared"
         snakemake(shared, *config)
@@ -162,8 +166,12 @@ def _cohort_without_a_shared_filesystem(profile, backend, store, tmp_path, reque
             assert {i["status"] for i in record["instances"]} == {"stored"}  # by the cloud run
             assert len(record["instances"]) == len(made_by_uid[key]) + 2  # the CT, SEG and SR
 
-    # What the jobs asked for: a GPU for a network's segment only.
+    # The preempted segment job ran again, and only it.
+    assert (tmp_path / "jobs" / "preempted").read_text().startswith("segment ")
     asked = _asked(tmp_path / "jobs")
+    assert len(asked["segment"]) == 3 and len(asked["finish"]) == 2  # 2 shards, one segment twice
+
+    # What the jobs asked for: a GPU for a network's segment only.
     assert sorted(asked) == ["convert", "download", "finish", *(["publish"] if store else []), "segment"]
     for rule, jobs in asked.items():
         for resources in jobs:

@@ -16,7 +16,9 @@ only the variables Snakemake passes on.
 Found by Snakemake's plugin registry when ``tests/executor_plugins`` is on ``PYTHONPATH``
 (``--executor emptydir``).  Each job's output goes to ``<root>/job<id>-<random>.log`` and what
 it asked for (rule, threads, resources) to the ``.json`` beside it, where ``root`` is
-``$SPINE_IDC_EMPTYDIR_ROOT`` (or a temporary folder).
+``$SPINE_IDC_EMPTYDIR_ROOT`` (or a temporary folder).  With ``$SPINE_IDC_EMPTYDIR_PREEMPT=<rule>``
+the first job of that rule is killed once its command is running, as a reclaimed spot VM's
+would be.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import AsyncGenerator, List
 
@@ -51,6 +56,7 @@ class Executor(RemoteExecutor):
         given = os.environ.get("SPINE_IDC_EMPTYDIR_ROOT")
         self.root = Path(given) if given else Path(tempfile.mkdtemp(prefix="emptydir-"))
         self.root.mkdir(parents=True, exist_ok=True)
+        self._preempted = False
 
     def run_job(self, job: JobExecutorInterface):
         workdir = Path(tempfile.mkdtemp(prefix=f"job{job.jobid}-", dir=self.root))
@@ -68,6 +74,20 @@ class Executor(RemoteExecutor):
         self.report_job_submission(SubmittedJobInfo(
             job, external_jobid=str(process.pid),
             aux={"process": process, "workdir": workdir, "log": log_path}))
+        if job.name == os.environ.get("SPINE_IDC_EMPTYDIR_PREEMPT") and not self._preempted:
+            self._preempted = True
+            threading.Thread(target=self._preempt, args=(job.name, process, workdir), daemon=True).start()
+
+    def _preempt(self, rule: str, process: subprocess.Popen, workdir: Path) -> None:
+        """Kill the job (SIGKILL to its whole process group, as when a spot VM is reclaimed)
+        once its rule's command has started writing its log; note it in ``<root>/preempted``."""
+        deadline = time.monotonic() + 600
+        while process.poll() is None and time.monotonic() < deadline:
+            if any(p.stat().st_size for p in workdir.glob(f".snakemake/storage/**/logs/{rule}/*.log")):
+                os.killpg(process.pid, signal.SIGKILL)
+                (self.root / "preempted").write_text(f"{rule} {workdir.name}\n")
+                return
+            time.sleep(0.05)
 
     def _env(self, workdir: Path) -> dict[str, str]:
         """A pod's environment: the image's PATH, and only what Snakemake passes on (its
