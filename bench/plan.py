@@ -49,19 +49,6 @@ def cohort(n: int) -> list[ManifestRow]:
 BUCKET = "spine-idc-bench"
 
 
-def _upload(root: Path, prefix: str) -> None:
-    """Put every file under ``root`` into the emulator's bucket under ``prefix``."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from google.cloud import storage
-
-    bucket = storage.Client().bucket(BUCKET)
-    files = [p for p in root.rglob("*") if p.is_file()]
-    with ThreadPoolExecutor(2) as pool:  # the emulator drops connections beyond a few
-        list(pool.map(lambda p: bucket.blob(f"{prefix}/{p.relative_to(root).as_posix()}").upload_from_filename(p),
-                      files))
-
-
 def plan(n: int, shard_size: int, gcs=None) -> tuple[int, int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -79,18 +66,16 @@ def plan(n: int, shard_size: int, gcs=None) -> tuple[int, int, float]:
                "rules", "--config", f"shard_size={shard_size}"]
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         if gcs:
-            os.environ.update(gcs.client_env())
             env.update(gcs.client_env())
             prefix = f"{n}-{shard_size}/run"
-            made_here = made
-            _upload(made_here, prefix)
+            gcs.upload_folder(made, prefix)
             cmd[cmd.index("--config"):cmd.index("--config")] = [
                 "--default-storage-provider", "gcs", "--default-storage-prefix", f"gs://{BUCKET}/{prefix}",
                 "--keep-storage-local-copies"]
             # The local copies' folder follows the prefix.
             target = work / ".snakemake" / "storage" / "gcs" / BUCKET / prefix
             target.parent.mkdir(parents=True, exist_ok=True)
-            made_here.rename(target)
+            made.rename(target)
         started = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - started

@@ -8,6 +8,7 @@ status 1.  Bad input for a series is *not* an error here: the stage records it a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -88,6 +89,8 @@ def _cmd_shard(args) -> int:
         if args.stage == "publish":
             shards.publish(args.shard, options, args.out, attempt=args.attempt)
         elif args.stage == "segment":
+            if args.model is not None:  # the model folder fetched from a bucket into this job
+                options = dataclasses.replace(options, model=str(args.model))
             shards.segment(args.shard, options, args.out, threads=args.threads)
         else:
             getattr(shards, args.stage)(args.shard, options, args.out)
@@ -188,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None,
                    help="CPU threads the job was given (segment: torch's intra-op threads)")
     s.add_argument("--out", type=Path, required=True, help="the shard's marker (JSON)")
+    s.add_argument("--model", type=Path, default=None,
+                   help="segment: the model folder to use instead of segment.model (its fetched copy)")
     s.add_argument("--unpack", type=Path, action="append", default=[], metavar="PACK",
                    help="unpack an earlier stage's pack of this shard first (no shared filesystem)")
     s.add_argument("--pack", type=Path, default=None,

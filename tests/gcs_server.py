@@ -42,6 +42,23 @@ class GcsServer(ChildServer):
         """What a process needs for its Google client to use this server, not Google's."""
         return {"STORAGE_EMULATOR_HOST": self.url, "GOOGLE_CLOUD_PROJECT": "spine-idc-test", "SNAKEMAKE_STORAGE_GCS_PROJECT": "spine-idc-test"}
 
+    def upload_folder(self, root: Path, prefix: str) -> int:
+        """Put every file under ``root`` into the bucket under ``prefix``; return how many."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        client = storage.Client(project="spine-idc-test", credentials=AnonymousCredentials(),
+                                client_options=ClientOptions(api_endpoint=self.url))
+        bucket = client.bucket(self.bucket)
+        files = [p for p in Path(root).rglob("*") if p.is_file()]
+        with ThreadPoolExecutor(2) as pool:  # the emulator drops connections beyond a few
+            list(pool.map(lambda p: bucket.blob(f"{prefix}/{p.relative_to(root).as_posix()}")
+                          .upload_from_filename(p), files))
+        return len(files)
+
     def start(self) -> GcsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()

@@ -83,7 +83,8 @@ def test_idc_cohort_without_a_shared_filesystem(profile, backend, publish, tmp_p
     """source=idc through jobs that share only a GCS bucket: two series finish, one with an
     instance missing from IDC's bucket is recorded as failed, a segment job killed half-way (a
     reclaimed spot VM) is run again, and the measurements, SEG segments and failures equal
-    those of a run on a shared filesystem.  Only a network backend
+    those of a run on a shared filesystem.  The network's model folder comes from the bucket
+    (segment.model: gs://...), fetched into each segment job.  Only a network backend
     asks for a GPU (k8s: the GPU pool), and only for segment.  With publishing, the SEG and SR
     reach Orthanc (DICOMweb) with the source CT, and the cohort table has the viewer links."""
     with contextlib.ExitStack() as stack:
@@ -98,10 +99,10 @@ def test_idc_cohort_without_a_shared_filesystem(profile, backend, publish, tmp_p
 def _cohort_without_a_shared_filesystem(profile, backend, store, tmp_path, request):
     from s3_server import IDC_BUCKET, start_moto, upload_series
 
-    segment, levels = f"segment={{'backend': '{backend}'}}", None
+    segment, levels, model = f"segment={{'backend': '{backend}'}}", None, None
     if backend == "monai":  # the network trained by the tests, on this CPU (device auto)
         pytest.importorskip("monai")
-        segment = f"segment={{'backend': 'monai', 'model': '{request.getfixturevalue('bundle')}'}}"
+        model = request.getfixturevalue("bundle")
         levels = LEVELS  # what it was trained on
     made = {name: write_phantom(seed, tmp_path / "phantoms" / name, levels=levels)[0]
             for name, seed in (("good-a", 0), ("good-b", 4), ("missing", 2))}
@@ -113,17 +114,22 @@ def _cohort_without_a_shared_filesystem(profile, backend, store, tmp_path, reque
         index = write_standin_index(tmp_path / "idc_index.parquet", listed)
         config = ("source=idc", f"idc={{'index': '{index}'}}",
                   "query={'collections': ['spine_phantoms'], 'max_series': 'null'}",
-                  f"download={{'endpoint_url': '{s3.url}', 'retries': 0}}", "shard_size=2", segment,
+                  f"download={{'endpoint_url': '{s3.url}', 'retries': 0}}", "shard_size=2",
                   *([f"publish={{'to': 'dicomweb', 'url': '{store.url}', 'include_source': True}}"] if store else []),
                   # one thread for segment in both runs, so that a network sums in the same order
                   "--set-threads=segment=1")
+        in_cloud = here = segment
+        if model is not None:  # in the cloud the model folder comes from the bucket
+            gcs.upload_folder(model, "models/spine")
+            in_cloud = f"segment={{'backend': 'monai', 'model': 'gs://{BUCKET}/models/spine'}}"
+            here = f"segment={{'backend': 'monai', 'model': '{model}'}}"
         clone = _clone(tmp_path / "clone")
         # The first segment job is killed while it runs, as when a spot VM is reclaimed: the
         # profile's retries submit it again, into a new empty folder.
-        _cloud_snakemake(clone, profile, gcs, tmp_path / "jobs", *config, preempt="segment")
-        again = _cloud_snakemake(clone, profile, gcs, tmp_path / "again", *config)
+        _cloud_snakemake(clone, profile, gcs, tmp_path / "jobs", *config, in_cloud, preempt="segment")
+        again = _cloud_snakemake(clone, profile, gcs, tmp_path / "again", *config, in_cloud)
         shared = tmp_path / "shared"
-        snakemake(shared, *config)
+        snakemake(shared, *config, here)
 
     assert "Nothing to be done" in again.stdout + again.stderr  # all of it is in the bucket
     bucket = tmp_path / "gcs" / ".cloudstorage" / BUCKET / "run"

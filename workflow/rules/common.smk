@@ -26,6 +26,11 @@ SEGMENT_GPUS = 1 if _NETWORK and config["segment"]["device"] != "cpu" else 0
 SEGMENT_MEM_MB = {"classical": 8000, "monai": 12000, "totalsegmentator": 16000}[config["segment"]["backend"]]
 SEGMENT_MINUTES_PER_SERIES = 1 if SEGMENT_GPUS else 2
 SEGMENT_THREADS = 4 if _NETWORK else 1  # loader and writer threads beside the GPU
+# A network's model folder in a bucket (segment.model: gs://... or s3://...) is an input of
+# segment: Snakemake's storage plugin fetches it into the job, so that no image has to carry
+# weights and every node reads the same ones.
+_MODEL = config["segment"]["model"]
+MODEL_IN_STORAGE = _NETWORK and "://" in _MODEL
 # The partitions are the `gpu` profile's site variables (see workflow/profiles/gpu); other
 # executors ignore slurm_partition. Empty: the cluster's default partition.
 SEGMENT_SLURM_PARTITION = (
@@ -73,6 +78,16 @@ def marker(stage):
     return lambda wildcards, output: (
         P["shard_done"].format(stage=stage, shard=wildcards.shard) if PACKS else output.marker
     )
+
+
+def segment_model():
+    """Input: the model folder when it lives in a bucket (fetched by the storage plugin)."""
+    return {"model": storage(_MODEL)} if MODEL_IN_STORAGE else {}
+
+
+def model_arg(wildcards, input):
+    """The job reads the fetched copy, not the bucket's address in segment.model."""
+    return f"--model {shlex.quote(input.model)}" if "model" in input.keys() else ""
 
 
 def unpacked(*stages):

@@ -7,12 +7,14 @@ rule segment:
         shard=P["shard"],
         converted=done("convert"),
         **unpacked("convert"),
+        **segment_model(),
     output:
         **shard_outputs("segment"),
     params:
         options=section_json(config, "segment"),
         packs=pack_args,
         marker=marker("segment"),
+        model=model_arg,
     log:
         f"{P['logs']}/segment/{{shard}}.log",
     threads: SEGMENT_THREADS
@@ -31,4 +33,4 @@ rule segment:
         ENV
     shell:
         "spine-idc shard segment --shard {input.shard} --options {params.options}"
-        " --threads {threads} {params.packs} --out {params.marker} > {log} 2>&1"
+        " --threads {threads} {params.model} {params.packs} --out {params.marker} > {log} 2>&1"
