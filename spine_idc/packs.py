@@ -112,7 +112,7 @@ def read_pack(pack: str | Path, root: str | Path = ".") -> int:
                 count += 1
     except tarfile.TarError as err:
         raise PackError(f"{pack} is not a readable pack: {err}",
-                          hint="delete it so that the job that writes it runs again") from err
+                        hint="delete it so that the job that writes it runs again") from err
     log.info("unpacked %d files from %s", count, pack)
     return count
 
@@ -121,10 +121,10 @@ def _checked_name(member: tarfile.TarInfo, pack) -> str:
     path = PurePosixPath(member.name)
     if not (member.isfile() or member.isdir()):
         raise PackError(f"{pack}: {member.name!r} is not a regular file or folder",
-                          hint="packs hold files only; was it written by spine-idc?")
+                        hint="packs hold files only; was it written by spine-idc?")
     if path.is_absolute() or ".." in path.parts or not path.parts or path.parts[0] not in ROOTS:
         raise PackError(f"{pack}: {member.name!r} is outside {' and '.join(ROOTS)}/",
-                          hint="packs hold files only; was it written by spine-idc?")
+                        hint="packs hold files only; was it written by spine-idc?")
     return path.as_posix()
 
 
