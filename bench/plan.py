@@ -10,7 +10,7 @@ feasible, the design this replaced.
 
 ``--no-shared-fs`` plans as the gcp-batch and k8s profiles do: outputs in a GCS bucket (here a
 GCS emulator on loopback, ``tests/gcs_server.py``) through Snakemake's GCS storage plugin, each
-shard job with a pack beside its marker.  The manifest and shard tables are uploaded first and
+shard job's one output its pack (which carries its marker).  The manifest and shard tables are uploaded first and
 kept as the main process's local copies, as after the manifest job.  The emulator answers on
 loopback, so this times Snakemake's side; GCS's own latency comes on top.
 """

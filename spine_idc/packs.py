@@ -17,6 +17,12 @@ carries the two small files later readers need from earlier stages: the segment 
 record (the cohort table) and the converted series' ``series.json`` (publish: the source's UIDs
 and files), so that neither has to fetch the volumes.
 
+A pack starts with an index (:data:`INDEX`: its stage and series).  Unpacking first removes
+what that stage holds for those series under the target folder, then writes the pack's files:
+the folder then has exactly the pack's outputs for them, as a shared filesystem would after the
+job (an older ``failure.json`` cannot outlive a later success in the cohort's folder, which
+persists from one run to the next).
+
 Unpacking accepts regular files and folders below ``work/`` and ``results/`` only: a pack is
 written by this module, and anything else in it (an absolute path, ``..``, a link, a device) is
 refused, so a tampered bucket cannot write outside the job's folder.
@@ -24,8 +30,11 @@ refused, so a tampered bucket cannot write outside the job's folder.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
+import shutil
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -39,6 +48,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("download", "convert", "segment", "finish", "publish")
 ROOTS = ("work", "results")  # the only top-level folders a pack may write into
+INDEX = "work/.pack.json"  # first member: {"stage": ..., "keys": [...]}; not unpacked
 
 
 def members(stage: str, key: str) -> list[Path]:
@@ -66,6 +76,7 @@ def write_pack(stage: str, keys: Iterable[str], out: str | Path, root: str | Pat
     """
     root = Path(root)
     count = 0
+    keys = list(keys)
     rels = [rel for key in keys for rel in members(stage, key)]
     for rel in map(Path, extra):
         if rel.is_absolute() or not rel.parts or rel.parts[0] not in ROOTS:
@@ -73,6 +84,10 @@ def write_pack(stage: str, keys: Iterable[str], out: str | Path, root: str | Pat
         rels.append(rel)
     with atomic_path(out, suffix=".tar") as tmp:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            index = json.dumps({"stage": stage, "keys": keys}).encode()
+            info = tarfile.TarInfo(INDEX)
+            info.size = len(index)
+            tar.addfile(info, io.BytesIO(index))
             for rel in rels:
                 for path in _files_under(root / rel):
                     tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
@@ -101,6 +116,9 @@ def read_pack(pack: str | Path, root: str | Path = ".") -> int:
         with tarfile.open(pack, "r:") as tar:
             for member in tar:
                 name = _checked_name(member, pack)
+                if name == INDEX:
+                    _clear(json.loads(tar.extractfile(member).read()), root, pack)
+                    continue
                 if member.isdir():
                     (root / name).mkdir(parents=True, exist_ok=True)
                     continue
@@ -115,6 +133,21 @@ def read_pack(pack: str | Path, root: str | Path = ".") -> int:
                         hint="delete it so that the job that writes it runs again") from err
     log.info("unpacked %d files from %s", count, pack)
     return count
+
+
+def _clear(index: dict, root: Path, pack) -> None:
+    """Remove what the pack's stage holds for its series under ``root`` (see the module doc)."""
+    try:
+        stage, keys = index["stage"], list(index["keys"])
+        targets = [root / rel for key in keys for rel in members(stage, key)]
+    except (KeyError, TypeError, ValueError) as err:  # ValueError: a key that is not a safe name
+        raise PackError(f"{pack}: its index is not one of ours ({err})",
+                        hint="packs are written by spine-idc; delete it so that its job runs again") from err
+    for path in targets:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _checked_name(member: tarfile.TarInfo, pack) -> str:

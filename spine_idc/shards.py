@@ -12,7 +12,9 @@ A shard job writes its marker (``work/done/<stage>/<shard>.json``: what happened
 only when every series is done, so a killed job is simply run again.  Each series' result is
 stamped (``work/stamps/<stage>/<key>``: a hash of the stage's options, the package version and
 the series' upstream stamp), and a job skips a series whose stamp is current: a re-run job, or a
-shard whose table changed because the cohort grew, redoes only what is missing or stale.  Within a job, series are
+shard whose table changed because the cohort grew, redoes only what is missing or stale (on a
+shared filesystem: without one, a job's folder starts empty but for its inputs' packs, and it
+redoes its whole shard, see :mod:`spine_idc.packs`).  Within a job, series are
 independent: a bad series is recorded and the others go on.  A network fault on some series
 (download, publish) lets the others finish and then fails the job, so that Snakemake's retries
 fetch only what is missing; the last attempt records those series as failed.

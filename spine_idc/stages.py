@@ -376,7 +376,8 @@ def publish(converted: Path, seg: Path, sr: Path, series_key: str, options, out:
             raise
         failure = Failure.from_error("publish", SeriesError(
             series_key, "publish-failed", f"{err.message} (after {attempt} attempts)",
-            hint=err.hint or "check the store, then delete this record and run again"))
+            hint=err.hint or "check the store, then delete this record (without a shared filesystem: "
+                             "the shard's work/packs/publish/<shard>.tar in the bucket) and run again"))
         log.error("%s", failure.message)
     if failure is not None:
         record["failure"] = dataclasses.asdict(failure)

@@ -4,6 +4,7 @@ that would write outside the job's folder."""
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -91,8 +92,10 @@ def test_a_damaged_pack_says_so(tmp_path):
     src = tmp_path / "job"
     _write(src, layout.path("convert", KEYS[0]) / layout.VOLUME, "v" * 5000)
     packs.write_pack("convert", KEYS, tmp_path / "p.tar", root=src)
+    with tarfile.open(tmp_path / "p.tar") as tar:
+        volume = next(m for m in tar if m.name.endswith("volume.nii.gz"))
     data = (tmp_path / "p.tar").read_bytes()
-    (tmp_path / "p.tar").write_bytes(data[:700])  # cut inside the file's data
+    (tmp_path / "p.tar").write_bytes(data[:volume.offset_data + 100])  # cut inside the file's data
     with pytest.raises(PackError, match="not a readable pack"):
         packs.read_pack(tmp_path / "p.tar", root=tmp_path / "out")
     assert not list((tmp_path / "out").rglob("volume.nii.gz"))  # no truncated file left behind
@@ -116,3 +119,30 @@ def test_the_marker_travels_in_the_pack_and_nothing_outside_work_and_results(tmp
     assert set(_files(dst)) == {"work/done/convert/s00000.json"}
     with pytest.raises(ValueError, match="below work and results"):
         packs.write_pack("convert", KEYS, tmp_path / "q.tar", root=src, extra=["config.yaml"])
+
+
+def test_unpacking_replaces_what_the_stage_held_for_those_series(tmp_path):
+    """The cohort's folder persists between runs: a series that failed before and succeeds now
+    must not keep its old failure record (which would still list it as failed)."""
+    src, main = tmp_path / "job", tmp_path / "main"
+    good, other = KEYS
+    _write(main, layout.path("segment", good) / layout.FAILURE, '{"reason": "download-failed"}')
+    _write(main, layout.path("seg", good), "old SEG")
+    _write(main, layout.path("segment", other) / layout.FAILURE, "another shard's series")
+    _write(src, layout.path("finish", good), "{}")
+    _write(src, layout.path("seg", good), "new SEG")
+    packs.write_pack("finish", [good], tmp_path / "finish.tar", root=src)
+    packs.read_pack(tmp_path / "finish.tar", root=main)
+    assert not (main / layout.path("segment", good) / layout.FAILURE).exists()
+    assert (main / layout.path("seg", good)).read_text() == "new SEG"
+    assert (main / layout.path("segment", other) / layout.FAILURE).exists()  # not in this pack
+
+
+def test_an_index_naming_unsafe_series_is_refused(tmp_path):
+    index = json.dumps({"stage": "finish", "keys": ["../../etc"]}).encode()
+    member = tarfile.TarInfo(packs.INDEX)
+    member.size = len(index)
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        tar.addfile(member, io.BytesIO(index))
+    with pytest.raises(PackError, match="index is not one of ours"):
+        packs.read_pack(tmp_path / "bad.tar", root=tmp_path / "job")

@@ -215,3 +215,18 @@ def test_a_source_on_this_machine_is_refused_without_a_shared_filesystem(source,
     assert out.returncode != 0
     text = out.stdout + out.stderr
     assert f"source: {source} reads files on this machine" in text, text[-2000:]
+
+
+def test_an_empty_cohort_without_a_shared_filesystem(tmp_path):
+    """A query that selects nothing ends in empty tables, as on a shared filesystem."""
+    from s3_server import start_moto
+
+    index = write_standin_index(tmp_path / "idc_index.parquet", [])
+    with start_moto(tmp_path) as s3, start_gcs(tmp_path, BUCKET) as gcs:  # the endpoint is probed
+        _cloud_snakemake(_clone(tmp_path / "clone"), "k8s", gcs, tmp_path / "jobs", "source=idc",
+                         f"idc={{'index': '{index}'}}", "query={'collections': ['spine_phantoms']}",
+                         f"download={{'endpoint_url': '{s3.url}'}}")
+    cohort = tmp_path / "gcs" / ".cloudstorage" / BUCKET / "run" / "results" / "cohort"
+    assert pd.read_parquet(cohort / "measurements.parquet").empty
+    assert pd.read_csv(cohort / "failures.csv").empty
+    assert not list((tmp_path / "jobs").glob("*.json"))  # no shard job was submitted

@@ -143,7 +143,7 @@ def cohort_packs(wildcards):
 
 
 def cohort_pack_args(wildcards, input):
-    if not PACKS or "packs" not in input.keys():  # not yet known: the manifest is not made
+    if not PACKS or "packs" not in input.keys() or not input.packs:  # not known yet, or no series
         return ""
     # A folder, not a list: at 100,000 series the list would not fit on a command line.
     packs_dir = os.path.dirname(os.path.dirname(input.packs[0]))
