@@ -54,7 +54,8 @@ def plan(n: int, shard_size: int, gcs=None) -> tuple[int, int, float]:
         work = Path(tmp)
         # Without a shared filesystem the manifest's outputs are in the bucket and, as local
         # copies, under .snakemake/storage/ of the main process.
-        made = work / ".snakemake" / "storage" / "gcs" / BUCKET / "run" if gcs else work
+        prefix = f"{n}-{shard_size}/run"
+        made = work / ".snakemake" / "storage" / "gcs" / BUCKET / prefix if gcs else work
         rows = cohort(n)
         write_manifest(rows, made / "results" / "manifest.tsv")
         (made / "work" / "manifest").mkdir(parents=True)
@@ -67,15 +68,10 @@ def plan(n: int, shard_size: int, gcs=None) -> tuple[int, int, float]:
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         if gcs:
             env.update(gcs.client_env())
-            prefix = f"{n}-{shard_size}/run"
             gcs.upload_folder(made, prefix)
             cmd[cmd.index("--config"):cmd.index("--config")] = [
                 "--default-storage-provider", "gcs", "--default-storage-prefix", f"gs://{BUCKET}/{prefix}",
                 "--keep-storage-local-copies"]
-            # The local copies' folder follows the prefix.
-            target = work / ".snakemake" / "storage" / "gcs" / BUCKET / prefix
-            target.parent.mkdir(parents=True, exist_ok=True)
-            made.rename(target)
         started = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - started

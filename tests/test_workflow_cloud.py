@@ -30,7 +30,7 @@ import requests
 from gcs_server import gcs_emulator_available, start_gcs
 from orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc
 from spine_idc.phantom import write_phantom
-from test_workflow_remote import write_standin_index
+from test_workflow_remote import _uid, write_standin_index
 from trained_bundle import LEVELS, bundle  # noqa: F401  (a fixture)
 from workflow_run import BIN, REPO, check_outputs, snakemake
 
@@ -196,10 +196,6 @@ def check_outputs_at(clone: Path, local: Path, keys: list[str]) -> None:
     (view / "results" / "series").symlink_to(clone / "results" / "series")
     (view / "results" / "cohort").symlink_to(local / "results" / "cohort")
     check_outputs(view, keys)
-
-
-def _uid(files: list[Path]) -> str:
-    return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
 
 
 @pytest.mark.parametrize("source", ["phantom", "local"])

@@ -131,15 +131,20 @@ def publish_packs():
     return unpacked(*(("download",) if with_source else ()), "finish")
 
 
+def shard_tables():
+    """The manifest's shard tables folder (waits for the checkpoint) and the shard ids in it."""
+    from spine_idc.shards import read_shard_ids
+
+    folder = checkpoints.manifest.get().output.shards
+    return folder, read_shard_ids(folder)
+
+
 def cohort_packs(wildcards):
     """Without a shared filesystem the cohort reads the last stages' packs of every shard."""
     if not PACKS:
         return {}
-    from spine_idc.shards import read_shard_ids
-
-    shards = read_shard_ids(checkpoints.manifest.get().output.shards)
-    return {"packs": expand(P["pack"], stage=COHORT_PACK_STAGES, shard=shards),
-            "shard_tables": checkpoints.manifest.get().output.shards}
+    folder, shards = shard_tables()
+    return {"packs": expand(P["pack"], stage=COHORT_PACK_STAGES, shard=shards), "shard_tables": folder}
 
 
 def cohort_pack_args(wildcards, input):
@@ -156,8 +161,4 @@ COHORT_PACK_STAGES = ["finish"] + (["publish"] if config["publish"]["to"] == "di
 
 def all_shards_done(wildcards):
     """Every shard's last stage (finish, or publish when results are published) done."""
-    from spine_idc.shards import read_shard_ids
-
-    shards = read_shard_ids(checkpoints.manifest.get().output.shards)
-    last = "publish" if config["publish"]["to"] == "dicomweb" else "finish"
-    return expand(done(last), shard=shards)
+    return expand(done(COHORT_PACK_STAGES[-1]), shard=shard_tables()[1])
