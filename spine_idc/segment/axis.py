@@ -259,7 +259,8 @@ class Centreline:
         return idx, (d * self.u[idx]).sum(1), (d * self.v[idx]).sum(1), (d * self.t[idx]).sum(1)
 
 
-def make_centreline(points: np.ndarray, step: float = 1.0, smooth: float = 0.0) -> Centreline:
+def make_centreline(points: np.ndarray, step: float = 1.0, smooth: float = 0.0,
+                    frame_smooth: float = 3.0) -> Centreline:
     """Centreline through ordered points (caudal to cranial), resampled by arc length.
 
     Parameters
@@ -270,6 +271,13 @@ def make_centreline(points: np.ndarray, step: float = 1.0, smooth: float = 0.0) 
         Arc-length spacing of the output, voxels.
     smooth:
         Gaussian smoothing (voxels of arc length) applied after resampling.
+    frame_smooth:
+        Gaussian smoothing (voxels of arc length) of the tangents, and so of the planes
+        perpendicular to the curve.  Planes tilt about the curve, so a tilt of a few degrees
+        moves their far side (a vertebral body 40 mm in front of the canal) by millimetres:
+        a curve that wiggles once per vertebra (the canal is deeper at the discs than at the
+        pedicles) needs frames smoothed over more than a level, or the planes rock and sample
+        bodies and discs unevenly.
     """
     points = np.asarray(points, float)
     seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
@@ -287,8 +295,8 @@ def make_centreline(points: np.ndarray, step: float = 1.0, smooth: float = 0.0) 
         s = np.arange(0.0, arc[-1] + 1e-9, step)
         p = np.column_stack([np.interp(s, arc, p[:, d]) for d in range(3)])
     t = np.gradient(p, axis=0)
-    if len(p) > 5:
-        t = ndimage.gaussian_filter1d(t, 3.0 / step, axis=0, mode="nearest")
+    if len(p) > 5 and frame_smooth > 0:
+        t = ndimage.gaussian_filter1d(t, frame_smooth / step, axis=0, mode="nearest")
     t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-9)
     # u: patient left made perpendicular to t; v = t x u points posterior for a cranial t.
     ex = np.array([1.0, 0.0, 0.0])

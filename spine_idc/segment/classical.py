@@ -4,13 +4,13 @@ Steps (each module explains its own reasoning):
 
 1. resample the CT onto an LPS-aligned isotropic grid around the patient (:mod:`.grid`), so
    that axis 2 is always the body axis whatever the patient position or stored axis order;
-2. find and track the spinal canal, which also decides whether there is a spine at all
-   (:mod:`.axis`);
+2. find the spinal canal on a coarse copy of that grid, from a likelihood that needs no closed
+   bony ring, linked slice to slice; a scan without one has no spine (:mod:`.canal`);
 3. crop to the spine, pick a surface threshold from the image's own cortical bone, build bone
    masks with the marrow that cortical shells enclose (:mod:`.bone`);
-4. straighten the spine along the canal, find bodies and discs from the filled-bone fraction
-   at the body centre -- or, where shells are too faint, from HU dips -- (:mod:`.vertebrae`,
-   :mod:`.discs`);
+4. straighten the spine along the canal, outline the column of bodies in front of it from
+   the intensities (:mod:`.column`), and find the discs as the rhythmic departures of the
+   column's HU from its bodies' plateau (:mod:`.discs`);
 5. seed and grow whole vertebrae, taking ribs and other bones away (:mod:`.grow`);
 6. name the vertebrae from anatomical anchors -- sacrum, lowest and highest rib-bearing
    vertebra -- or leave them unidentified and say so, map the labels back onto the CT's own
@@ -29,18 +29,23 @@ from scipy import ndimage
 from ..errors import ConfigError, SegmentationError
 from ..volume import Volume
 from . import grid
-from .axis import CanalTrack, Centreline, canal_candidates, make_centreline, track_canal
+from .axis import Centreline, make_centreline
 from .base import SegmentationResult
-from .bone import bone_mask
-from .discs import disc_brightness, hu_profile, split_at_dips, split_long
+from .canal import CanalTrack, find_canal
+from .column import Column, measure_column, reformat
+from .discs import (
+    Disc, bodies_between, choose_discs, disc_evidence, local_period, refine_discs,
+)
 from .grow import grow_vertebrae
-from .vertebrae import BodyRun, Straightened, analyse_planes, find_bodies
+from .vertebrae import BodyRun, Straightened
 
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
-#: Smoothing of the canal centreline (mm of arc length).
-LINE_SMOOTH_MM = 5.0
+#: Smoothing of the canal centreline and of its planes' orientation (mm of arc length; see
+#: :func:`.axis.make_centreline`: the planes must not rock once per vertebra).
+LINE_SMOOTH_MM = 10.0
+FRAME_SMOOTH_MM = 20.0
 
 
 @dataclasses.dataclass
@@ -52,14 +57,17 @@ class Work:
     spacing: float
     inside: np.ndarray | None = None  # voxels inside the CT's field of view
     canal_core: np.ndarray | None = None  # a thin tube along the tracked canal: never bone
-    track: CanalTrack | None = None
-    cortical_hu: float = 0.0
-    dense: np.ndarray | None = None
-    profile_mask: np.ndarray | None = None  # bone filled within shells at ``cortical_hu``
-    filled: np.ndarray | None = None  # bone filled within shells at ``ring_hu``
-    disc_hu: float = 0.0
-    ring_hu: float = 0.0
+    track: CanalTrack | None = None  # in voxels of ``hu``
+    cortical_hu: float = 0.0  # half the brightness of the spine's cortical bone
+    bone_hu: float = 0.0  # bone against soft tissue: the column's own threshold
+    joint_hu: float = 0.0  # bone that leaves a gap at blurred joints (rib heads, facets)
+    disc_hu: float = 0.0  # how bright the discs are at their darkest
+    strict: np.ndarray | None = None  # bone above ``joint_hu``
+    full: np.ndarray | None = None  # bone above ``bone_hu``
     line: Centreline | None = None
+    column: Column | None = None
+    disc_evidence: np.ndarray | None = None
+    found_discs: list[Disc] = dataclasses.field(default_factory=list)
     canal_r: float = 0.0
     canal_hw: float = 0.0
     planes: Straightened | None = None
@@ -71,10 +79,19 @@ class Work:
     sacrum: bool = False  # bodies[0] is the sacrum
     conflict: bool = False  # naming anchors disagree
     notes: list[str] = dataclasses.field(default_factory=list)  # for the QC warnings
-    hu_profile: np.ndarray | None = None  # median HU at the body centre per plane
-    surface_hu: float = 0.0  # threshold the outer bone surface was drawn at
     discs: list = dataclasses.field(default_factory=list)  # DiscPlane between bodies k, k+1
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+#: Grid spacing (mm) the canal is looked for on: fine enough for a 10 mm canal, coarse enough
+#: to score a whole-body CT in about a second.
+CANAL_GRID_MM = 2.0
+#: The stricter bone threshold: at least this far above the bone threshold, and this high
+#: where the cortex allows (half the brightness of a 2 mm cortex blurred with soft tissue).
+JOINT_ABOVE_BONE_HU = 60.0
+JOINT_HU = 250.0
+#: The shortest canal (mm along the body axis) that counts as a spine.
+MIN_CANAL_MM = 20.0
 
 
 class ClassicalBackend:
@@ -85,15 +102,11 @@ class ClassicalBackend:
     spacing_mm:
         Isotropic working resolution (the ``segment.spacing_mm`` configuration key).
     cortical_hu:
-        Threshold of the bone surface; ``None`` derives it from the image: 0.55 x the 99th
-        percentile of bone-bright voxels around the canal, within 200-600 HU (half the
-        cortical brightness is where a blurred edge lies).
-    trabecular_hu:
-        Regions enclosed by cortical shells whose mean HU exceeds this are marrow (the canal's
-        CSF, cord and fat stay out).
-    ring_hu:
-        Lowest shell threshold used to close faint cortices; raised automatically above the
-        brightness of the discs so that bodies never fuse through them.
+        Half the brightness of the spine's cortical bone, which caps what a disc may look
+        like; ``None`` derives it from the image: 0.55 x the 99th percentile of bone-bright
+        voxels around the canal, within 200-600 HU.
+
+    Every other threshold comes from the scan itself (see :mod:`.column` and :meth:`grow`).
 
     Raises
     ------
@@ -104,19 +117,11 @@ class ClassicalBackend:
     name = "classical"
     version = VERSION
 
-    def __init__(
-        self,
-        spacing_mm: float = 1.0,
-        cortical_hu: float | None = None,
-        trabecular_hu: float = 65.0,
-        ring_hu: float = 150.0,
-    ):
+    def __init__(self, spacing_mm: float = 1.0, cortical_hu: float | None = None):
         if not 0.3 <= float(spacing_mm) <= 3.0:
             raise ConfigError(f"segment.spacing_mm must be within 0.3-3 mm, got {spacing_mm}")
         self.spacing = float(spacing_mm)
         self.cortical_hu = None if cortical_hu is None else float(cortical_hu)
-        self.trabecular_hu = float(trabecular_hu)
-        self.ring_hu = float(ring_hu)
 
     # -- public ---------------------------------------------------------------------------
     def segment(self, ct: Volume, *, series_key: str) -> SegmentationResult:
@@ -136,7 +141,7 @@ class ClassicalBackend:
 
     # -- steps ----------------------------------------------------------------------------
     def prepare(self, ct: Volume, series_key: str) -> Work:
-        """Working grid, canal, spine crop, bone masks."""
+        """Working grid, canal, spine crop."""
         sp = self.spacing
         timing: dict[str, float] = {}
         t = time.perf_counter()
@@ -150,123 +155,134 @@ class ClassicalBackend:
             raise SegmentationError(
                 series_key, "no-spine", "the volume holds no patient (nothing above -500 HU)"
             )
-        hu, aff = grid.to_working_grid(ct, sp, lo, hi)
+        src_lps = grid.lps_affine(ct)
+        coarse, coarse_aff = grid.to_working_grid(ct, CANAL_GRID_MM, lo, hi)
+        coarse_inside = grid.inside_source_mask(arr.shape, src_lps, coarse.shape, coarse_aff)
         timing["resample"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        sx, sy = _canal_search_box(hu, sp)
-        track = track_canal(canal_candidates(hu[sx, sy], sp), sp)
-        track.x += sx.start
-        track.y += sy.start
-        track.front += sy.start
+        coarse_track = find_canal(coarse, CANAL_GRID_MM, coarse_inside)
         timing["canal"] = time.perf_counter() - t
-        if len(track) * sp < 8.0 or (len(track) and (track.k[-1] - track.k[0]) * sp < 12.0):
+        extent = (
+            (coarse_track.k[-1] - coarse_track.k[0]) * CANAL_GRID_MM if len(coarse_track) else 0.0
+        )
+        if extent < MIN_CANAL_MM:
             raise SegmentationError(
                 series_key, "no-spine",
-                "no spinal canal found (no CSF-density region enclosed by a vertebral arch over "
-                "at least 12 mm)",
+                f"no spinal canal found over at least {MIN_CANAL_MM:.0f} mm (a dark canal with "
+                "a vertebral body in front and bone beside or behind it)",
                 hint="the series may not show the spine (head, extremity) or be too thin-sliced",
             )
-        # Crop to the spine: wide enough for transverse processes, rib necks and the sacrum's
-        # alae, deep enough for the bodies in front and spinous processes behind.
-        x0 = int(max(0, np.floor(track.x.min() - 80 / sp)))
-        x1 = int(min(hu.shape[0], np.ceil(track.x.max() + 80 / sp) + 1))
-        y0 = int(max(0, np.floor(track.y.min() - 95 / sp)))
-        y1 = int(min(hu.shape[1], np.ceil(track.y.max() + 80 / sp) + 1))
-        hu = np.ascontiguousarray(hu[x0:x1, y0:y1])
-        shift = np.array([x0, y0, 0.0])
-        aff = aff.copy()
-        aff[:3, 3] = aff[:3, 3] + aff[:3, :3] @ shift
-        track = CanalTrack(
-            track.k, track.x - x0, track.y - y0, track.area, track.ap_radius, track.front - y0
-        )
-        work = Work(hu=hu, affine=aff, spacing=sp, track=track, timing=timing)
-        work.inside = grid.inside_source_mask(ct.array.shape, grid.lps_affine(ct), hu.shape, aff)
-
+        # The fine grid covers the spine only: wide enough for transverse processes, rib
+        # necks and the sacrum's alae, deep enough for the bodies in front and spinous
+        # processes behind, and 60 mm beyond the canal's ends (a sacrum or a top vertebra
+        # whose canal was not followed).
         t = time.perf_counter()
+        pts_lps = (coarse_aff @ np.c_[coarse_track.points(), np.ones(len(coarse_track))].T).T[:, :3]
+        box_lo = np.maximum(pts_lps.min(axis=0) - np.array([85.0, 100.0, 60.0]), lo)
+        box_hi = np.minimum(pts_lps.max(axis=0) + np.array([85.0, 85.0, 60.0]), hi)
+        hu, aff = grid.to_working_grid(ct, sp, box_lo, box_hi)
+        inv = np.linalg.inv(aff)
+        fine = (inv @ np.c_[pts_lps, np.ones(len(pts_lps))].T).T[:, :3]
+        track = CanalTrack(k=fine[:, 2], x=fine[:, 0], y=fine[:, 1], score=coarse_track.score)
+        work = Work(hu=hu, affine=aff, spacing=sp, track=track, timing=timing)
+        work.inside = grid.inside_source_mask(arr.shape, src_lps, hu.shape, aff)
+        timing["resample"] += time.perf_counter() - t
+
         work.cortical_hu = (
             float(self.cortical_hu) if self.cortical_hu is not None else _cortical_threshold(work)
         )
-        # First mask: shells at the surface threshold itself.  Discs blurred by thick slices
-        # can be brighter than a low threshold (two endplates a few mm apart), never than
-        # this one, so this mask is what bodies and discs are told apart on.
         work.canal_core = _canal_core(track, hu.shape, sp)
-        work.dense, work.profile_mask = bone_mask(
-            hu, sp, ring_hu=work.cortical_hu, cortical_hu=work.cortical_hu,
-            trabecular_hu=self.trabecular_hu, protect=work.canal_core,
-        )
-        work.profile_mask &= work.inside
-        timing["bone"] = time.perf_counter() - t
-        log.debug("series %s: cortical threshold %.0f HU", series_key, work.cortical_hu)
         return work
 
     def split(self, work: Work, series_key: str) -> None:
-        """Centreline, bodies and discs, markers, ribs off, whole vertebrae."""
+        """Centreline, column and discs, bodies, whole vertebrae."""
+        self.find_bodies(work, series_key)
+        self.grow(work)
+
+    def find_bodies(self, work: Work, series_key: str) -> None:
+        """Centreline, the column of bodies in front of the canal, its discs and bodies."""
         sp = work.spacing
         t = time.perf_counter()
-        tr = work.track
-        work.canal_r = float(np.median(tr.ap_radius))
-        work.canal_hw = float(np.median(tr.area / (np.pi * np.maximum(tr.ap_radius, 1.0))))
-        pts = np.column_stack([tr.x, tr.y, tr.k])
-        line = make_centreline(pts, 1.0, smooth=LINE_SMOOTH_MM / sp)
+        line = make_centreline(work.track.points(), 1.0, smooth=LINE_SMOOTH_MM / sp,
+                               frame_smooth=FRAME_SMOOTH_MM / sp)
         line = _extend(line, work.hu.shape, 60.0 / sp)
         work.line = line
-        hi = analyse_planes(work.profile_mask, line, work.canal_r, sp)
-        hi_bodies = find_bodies(hi, sp)
-        work.timing["planes"] = time.perf_counter() - t
-        # Second mask, for the vertebrae themselves: a lower shell threshold closes faint
-        # cortices (thin shells, thick slices) but must stay above what the discs look like,
-        # or neighbouring bodies would fuse through them.  The brightest gap of the first
-        # pass is a real disc (a false gap, where a shell broke, is marrow: darker).
-        t = time.perf_counter()
-        work.disc_hu = disc_brightness(work.hu, line, hi, hi_bodies, sp, work.cortical_hu)
-        ring = float(np.clip(max(self.ring_hu, work.disc_hu + 60.0), None, work.cortical_hu))
-        work.ring_hu = ring
-        if ring < work.cortical_hu - 10.0:
-            _, work.filled = bone_mask(
-                work.hu, sp, ring_hu=ring, cortical_hu=work.cortical_hu,
-                trabecular_hu=self.trabecular_hu, protect=work.canal_core,
+        planes, uu, vv = reformat(work.hu, line, sp, work.inside)
+        col = measure_column(planes, uu, vv, sp)
+        work.column = col
+        seen = np.flatnonzero(col.found)
+        if seen.size < max(2, int(8.0 / sp)):
+            raise SegmentationError(
+                series_key, "no-spine", "a canal-like tube was found but no vertebral bodies "
+                "in front of it"
             )
-            work.filled &= work.inside
-            lo = analyse_planes(work.filled, line, work.canal_r, sp)
-        else:
-            work.filled = work.profile_mask
-            lo = hi
-        lo_bodies = find_bodies(lo, sp) if lo is not hi else hi_bodies
-        work.planes = lo
-        covered = sum(b.length for b in hi_bodies) / max(1, sum(b.length for b in lo_bodies))
-        if hi_bodies and covered >= 0.5:
-            work.bodies = split_long(lo_bodies, hi_bodies, lo) if lo is not hi else hi_bodies
-        else:
-            # Shells too faint to close at the surface threshold (soft kernels, thick slices,
-            # thin osteoporotic cortex).  The strict mask is unreliable here: bodies in it are
-            # scattered bits of cortex.  So everything -- bodies, the rib race, the vertebra
-            # floods -- runs on the fuller mask, whose surface is drawn lower, as faint as the
-            # shells are, and peeled only once: the bone's own edge is no sharper than the
-            # skirt around it.  Discs are where the HU along the body centre dips between the
-            # bodies' marrow.
-            work.surface_hu = float(max(ring + 50.0, 0.5 * work.cortical_hu))
-            _, work.filled = bone_mask(
-                work.hu, sp, ring_hu=ring, cortical_hu=work.surface_hu,
-                trabecular_hu=self.trabecular_hu, protect=work.canal_core, peel_layers=1,
-            )
-            work.filled &= work.inside
-            work.profile_mask = work.filled
-            lo = work.planes = analyse_planes(work.filled, line, work.canal_r, sp)
-            work.hu_profile = hu_profile(work.hu, line, lo, sp)
-            work.bodies = split_at_dips(find_bodies(lo, sp), work.hu_profile, sp)
-            work.notes.append(
-                "discs located by HU dips along the spine (cortical shells too faint to close "
-                f"at {work.cortical_hu:.0f} HU)"
-            )
+        lo, hi = int(seen[0]), int(seen[-1])
+        # Two passes: the rhythm of a first evidence sets how far a disc's endplates may lie
+        # from its centre in the second.
+        first = disc_evidence(col.profile, sp)
+        work.disc_evidence = disc_evidence(col.profile, sp, local_period(first, sp, lo=lo, hi=hi))
+        centres = choose_discs(work.disc_evidence, sp, 2.0 * col.half_width, lo=lo, hi=hi)
+        work.found_discs = refine_discs(col.profile, work.disc_evidence, centres, sp)
+        work.planes = Straightened(
+            body_u=col.centre_u, body_v=col.centre_v, width=2.0 * col.half_width,
+            depth=2.0 * col.half_depth, profile=col.profile, found=col.found,
+        )
+        work.canal_r = float(np.nanmedian(-col.canal_front))
+        work.canal_hw = float(np.nanmedian(col.canal_half_width))
+        work.bodies = bodies_between(work.found_discs, lo, hi, work.planes, sp)
         if not work.bodies:
             raise SegmentationError(
                 series_key, "no-spine", "a canal-like tube was found but no vertebral bodies"
             )
-        work.timing["bone2"] = time.perf_counter() - t
+        work.timing["column"] = time.perf_counter() - t
+
+    def grow(self, work: Work) -> None:
+        """Bone masks for the vertebrae, and the vertebrae grown from their bodies.
+
+        Two thresholds, both from the scan: ``bone_hu`` (the column's own, halfway between
+        soft tissue and the bodies' HU) takes all of each vertebra, faint arches of thick
+        slices included; ``joint_hu``, higher, leaves gaps at the blurred joints between a rib
+        and its vertebra, which the flood of the vertebrae must not cross.
+        """
+        sp, col = work.spacing, work.column
+        t = time.perf_counter()
+        floors = [
+            float(np.nanmin(col.profile[int(d.centre - d.half): int(d.centre + d.half) + 1]))
+            for d in work.found_discs
+            if np.isfinite(col.profile[int(d.centre - d.half): int(d.centre + d.half) + 1]).any()
+        ]
+        floors = [f for f in floors if f < work.cortical_hu - 30.0]
+        work.disc_hu = float(np.percentile(floors, 75)) if floors else float("-inf")
+        work.bone_hu = col.threshold
+        work.joint_hu = float(max(col.threshold + JOINT_ABOVE_BONE_HU,
+                                  min(work.cortical_hu, JOINT_HU)))
+        smooth = ndimage.gaussian_filter(work.hu, 0.7 / sp)
+        usable = work.inside & ~work.canal_core
+        work.full = _peel((smooth > work.bone_hu) & usable, smooth,
+                          0.5 * (work.bone_hu + work.joint_hu))
+        work.strict = (smooth > work.joint_hu) & usable
+        work.timing["bone"] = time.perf_counter() - t
         t = time.perf_counter()
         grow_vertebrae(work)
         work.timing["grow"] = time.perf_counter() - t
+
+
+def _peel(mask: np.ndarray, hu: np.ndarray, surface_hu: float, layers: int = 2) -> np.ndarray:
+    """Peel the blurred skirt of ``mask``: outermost voxels below ``surface_hu``, a layer at a
+    time (the second and later ones within axial planes only: across thick slices the skirt
+    is the slice profile of real bone)."""
+    from .bone import plane_structure
+
+    out = mask.copy()
+    for layer in range(layers):
+        structure = None if layer == 0 else plane_structure(2)
+        outer = out & ~ndimage.binary_erosion(out, structure=structure, border_value=1)
+        peel = outer & (hu < surface_hu)
+        if not peel.any():
+            break
+        out &= ~peel
+    return out
 
 
 def _patient_box(ct: Volume):
@@ -312,25 +328,6 @@ def _canal_core(track: CanalTrack, shape, sp: float) -> np.ndarray:
     return core
 
 
-def _canal_search_box(hu: np.ndarray, sp: float) -> tuple[slice, slice]:
-    """Where in the axial plane the canal can be: the back 70 % of the patient's depth and
-    130 mm either side of the patient's lateral centre of mass.
-
-    Only to save time and memory on wide or long fields of view (arms, whole-body scans); the
-    spine is never in the front third of the trunk nor near its lateral edges.
-    """
-    body = hu[::4, ::4, ::4] > -500
-    if not body.any():
-        return slice(None), slice(None)
-    ix, iy, _ = np.nonzero(body)
-    xc = float(np.median(ix)) * 4
-    y_lo, y_hi = (float(v) * 4 for v in np.percentile(iy, [1, 99]))
-    half = 130.0 / sp
-    x0, x1 = int(max(0, xc - half)), int(min(hu.shape[0], xc + half + 1))
-    y0 = int(max(0, y_lo + 0.3 * (y_hi - y_lo)))
-    return slice(x0, x1), slice(y0, hu.shape[1])
-
-
 def _cortical_threshold(work: Work) -> float:
     """0.55 x the 99th percentile of bone-bright (> 200 HU) voxels in boxes around the canal,
     within 200-600 HU: about half the brightness of the spine's cortical bone."""
@@ -371,4 +368,4 @@ def _extend(line: Centreline, shape, length: float) -> Centreline:
             break
         after.append(q)
     pts = np.vstack(before[::-1] + [line.p] + after) if (before or after) else line.p
-    return make_centreline(pts, line.step, smooth=0.0)
+    return make_centreline(pts, line.step, smooth=0.0, frame_smooth=FRAME_SMOOTH_MM)

@@ -1,12 +1,30 @@
-"""Discs between the vertebral bodies found along the straightened spine.
+"""Discs along the straightened spine: where they are, how thick, and their tilted mid-surfaces.
 
-* :func:`disc_brightness` -- how bright discs look at their darkest, which a shell threshold
-  must exceed so that bodies never fuse through a disc;
-* :func:`split_long` -- runs too long for one body are split at the gaps a stricter mask shows;
-* :func:`hu_profile`, :func:`split_at_dips` -- where shells are too faint to close at all, discs
-  are found as dips of the HU profile at the body centre;
-* :func:`disc_planes` -- each disc's mid-surface, tilt included, fitted from where the HU is
-  lowest between two bodies, so that a wedged disc is cleared as a whole.
+A disc is rarely a clear dark band on real CT.  With 1 mm slices through a lumbar spine it is:
+soft tissue (70-110 HU) between two bright endplates.  With 2-3 mm slices through the thorax
+the 3-5 mm disc and its two sclerotic endplates blur into one *bright* band; in osteoporotic
+bone the marrow (60-120 HU) is no brighter than the disc, and only the endplates tell them
+apart.  What every disc has, whatever the scan, is a short stretch (a few millimetres) where
+the body column's HU departs from the plateau of the bodies on either side -- darker, brighter,
+or both in turn.  So (:func:`disc_evidence`):
+
+* the column's core profile (mean HU inside the body outline, :mod:`.column`) is compared with
+  its running median over 25 mm (the plateau: a body is taller than a disc complex, so the
+  median follows the bodies), and the absolute departure is averaged over 7 mm;
+* the result is expressed in units of how much the bodies' own planes depart from the plateau
+  (a low percentile of the departures along the spine), so the same numbers serve noisy 3 mm
+  scans and crisp 1 mm ones.
+
+That evidence alone also fires on a Schmorl node, a bone island or a band of contrast.  What a
+profile cannot fake is the rhythm of the spine: discs follow each other every 15-50 mm, and
+the distance from one disc to the next changes slowly along the spine (a level is rarely more
+than a third taller than its neighbour).  :func:`choose_discs` picks, by dynamic programming,
+the set of peaks with the most evidence whose spacing obeys that rhythm, so a thin disc that a
+threshold would miss is still found where the rhythm expects one, and a missed disc -- which
+would leave one segment spanning two levels -- costs the chain its rhythm.
+
+:func:`disc_planes` then fits each disc's mid-surface, tilt included, from where the HU is
+lowest between two bodies, so that a wedged disc is cleared as a whole.
 """
 
 from __future__ import annotations
@@ -19,136 +37,305 @@ from scipy import ndimage
 from .axis import Centreline
 from .vertebrae import BodyRun, Straightened
 
-#: Which of the discs' floors sets the shell threshold (100 = the brightest disc).
-DISC_FLOOR_PERCENTILE = 75
+#: The floor an endplate's brightness is measured from: this percentile of the profile over
+#: this window (about a level).
+FLOOR_PERCENTILE = 20
+FLOOR_WINDOW_MM = 25.0
+#: The evidence is expressed in units of this percentile of the bright excess along the spine
+#: (about the height of a typical endplate).
+SCALE_PERCENTILE = 90
+#: How far (mm) either side of a disc centre its endplates may be: half a tall lumbar disc
+#: with its endplate, less than half the shortest body.
+REACH_MM = 6.0
+#: With a known rhythm, the reach is this fraction of the level's length, within a range.
+REACH_OF_PERIOD = 0.27
+REACH_RANGE_MM = (4.0, 11.0)
+#: Weight of a disc's own darkness between its two endplates.
+DARK_WEIGHT = 0.5
+#: Smallest noise scale (HU) the evidence is divided by (a very smooth scan).
+MIN_SCALE_HU = 6.0
+#: No disc is placed where the evidence is below this, whatever the rhythm says.
+MIN_EVIDENCE = 0.25
+#: Evidence a disc must bring to be worth choosing (in units of the profile's noise).
+DISC_COST = 0.3
+#: Distance (mm along the canal) from one disc to the next: a cervical level is about 15 mm
+#: with its disc, a lumbar one up to 45 mm.
+GAP_MM = (11.0, 50.0)
+#: Length (mm) of the stretch of spine whose rhythm is measured at once (three to five levels).
+PERIOD_WINDOW_MM = 110.0
+#: Without a rhythm, a level is at least this fraction of its body's width long (C3-C7
+#: about 0.75, T1-L5 0.6-0.8 with the disc, in adult anatomy tables).
+MIN_LEVEL_TO_WIDTH = 0.45
+#: A step of the chain must lie within this fraction of the local rhythm.
+PERIOD_TOLERANCE = (0.65, 1.5)
+#: How much longer or shorter one level may be than the next.
+GAP_RATIO = (0.7, 1.43)
+#: Penalties per unit of |log(ratio)|: against the size prior, and between neighbours.
+SIZE_COST = 0.5
+RHYTHM_COST = 0.6
 
 
-def disc_brightness(
-    hu: np.ndarray, line: Centreline, st: Straightened, bodies: list[BodyRun], spacing: float,
-    bone_hu: float,
-) -> float:
-    """How bright the discs between ``bodies`` are at their darkest (-inf if no discs).
+@dataclasses.dataclass
+class Disc:
+    """A disc found along the centreline: centre plane and half thickness (planes), and its
+    evidence."""
 
-    For each gap between bodies, the median HU of a small box at the body centre is taken in
-    every plane of the gap and the minimum kept: the disc's floor, which a shell threshold must
-    exceed to keep the bodies on either side apart.  The highest floor is returned.  Floors
-    brighter than ``bone_hu`` are bone whose shell did not close, not discs, and are ignored.
+    centre: float
+    half: float
+    evidence: float
+
+
+def disc_evidence(profile: np.ndarray, spacing: float, period: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """Per plane, how much it looks like the centre of a disc, in units of the scan's own
+    endplate brightness.
+
+    Every disc on CT lies between two endplates, each brighter than the marrow of its body,
+    whatever the bone density and slice thickness.  What differs is the shape: with thin
+    slices through a lumbar spine, two sharp endplate lines with the darker disc between;
+    with 2-3 mm slices through a thin thoracic disc, one broad bright band (endplates and
+    the dense bone under them blurred together) with at most a notch in its middle.  Both
+    are *bright on both sides of the disc's centre, close to it*:
+
+    * the bright excess of each plane is its HU above the floor of the stretch around it
+      (a low percentile over about a level: the marrow, or the disc where it is darker);
+    * a plane is a disc centre by the weaker of the brightest excess within reach above it
+      and below it, plus, where the disc is darker than its endplates, that darkness.
+
+    The reach is :data:`REACH_MM`, or, where the spine's rhythm is known (``period``, planes
+    from one disc to the next), :data:`REACH_OF_PERIOD` of it: a disc with its endplates takes
+    at most about a third of a level (lumbar 10-12 mm of 35, thoracic 4-6 of 24), a body the
+    rest, so the middle of a body -- however dark its marrow against its own endplates -- has
+    no bright plane within reach on either side.  ``profile`` may hold ``nan`` (unseen
+    planes), which get no evidence.
     """
-    vals = []
-    for lo, hi in zip(bodies[:-1], bodies[1:]):
-        planes = np.arange(lo.stop + 1, hi.start)
-        if planes.size == 0:
-            continue
-        half = max(2.0, 0.15 * min(lo.width, hi.width))
-        uu = np.arange(-half, half + 1e-9)
-        U, V = np.meshgrid(uu, uu, indexing="ij")
-        floor = np.inf
-        for i in planes:
-            pts = line.plane_points([i], U + st.body_u[i], V + st.body_v[i])
-            vals_i = ndimage.map_coordinates(hu, pts.reshape(3, -1), order=1)
-            floor = min(floor, float(np.median(vals_i)))
-        vals.append(floor)
-    vals = [v for v in vals if v < bone_hu - 30.0]
-    return float(np.percentile(vals, DISC_FLOOR_PERCENTILE)) if vals else float("-inf")
-
-
-#: A run of body planes longer than this many body widths holds more than one vertebra
-#: (a vertebral body is never taller than ~0.85 of its width, C2 with its dens aside).
-MAX_BODY_ASPECT = 1.15
-
-
-def split_long(
-    bodies: list[BodyRun], hint: list[BodyRun], st: Straightened
-) -> list[BodyRun]:
-    """Split runs too long for one body at the gaps of ``hint`` (a stricter pass) inside them.
-
-    The sacrum (the long caudal run) is handled by the caller and not passed here split.
-    """
-    out: list[BodyRun] = []
-    cuts = [((a.stop + b.start) / 2, a.stop, b.start) for a, b in zip(hint[:-1], hint[1:])]
-    for b in bodies:
-        if b.length <= MAX_BODY_ASPECT * b.width or b is bodies[0]:
-            out.append(b)
-            continue
-        inner = [c for c in cuts if b.start + 0.3 * b.width < c[0] < b.stop - 0.3 * b.width]
-        if not inner:
-            out.append(b)
-            continue
-        start = b.start
-        for _, lo, hi in inner:
-            out.append(BodyRun(start, int(lo), b.width, b.depth))
-            start = int(hi)
-        out.append(BodyRun(start, b.stop, b.width, b.depth))
+    n = len(profile)
+    seen = np.isfinite(profile)
+    out = np.zeros(n)
+    if seen.sum() < 5:
+        return out
+    idx = np.arange(n)
+    f = np.interp(idx, idx[seen], profile[seen])
+    f = ndimage.gaussian_filter1d(f, 0.7 / spacing, mode="nearest")
+    window = max(5, int(round(FLOOR_WINDOW_MM / spacing)) | 1)
+    floor = ndimage.percentile_filter(f, FLOOR_PERCENTILE, size=window, mode="nearest")
+    excess = np.clip(f - floor, 0.0, None)
+    reach = np.full(n, REACH_MM / spacing)
+    if period is not None:
+        known = np.isfinite(period)
+        reach[known] = np.clip(REACH_OF_PERIOD * period[known], REACH_RANGE_MM[0] / spacing,
+                               REACH_RANGE_MM[1] / spacing)
+    g_min = max(1, int(round(1.0 / spacing)))
+    g_max = int(np.ceil(reach.max()))
+    pad = np.r_[np.zeros(g_max), excess, np.zeros(g_max)]
+    # Brightest excess within g_min..reach above and below each plane.
+    above = np.zeros(n)
+    below = np.zeros(n)
+    for g in range(g_min, g_max + 1):
+        ok = g <= reach
+        np.maximum(above, np.where(ok, pad[g_max + g: g_max + g + n], 0.0), out=above)
+        np.maximum(below, np.where(ok, pad[g_max - g: g_max - g + n], 0.0), out=below)
+    sides = np.minimum(above, below)
+    notch = np.clip(sides + floor - f, 0.0, None)  # darker than its endplates
+    raw = sides + DARK_WEIGHT * np.minimum(notch, sides)
+    first, last = np.flatnonzero(seen)[[0, -1]]
+    raw[(idx < first + g_min) | (idx > last - g_min)] = 0.0
+    scale = max(float(np.percentile(excess[seen], SCALE_PERCENTILE)), MIN_SCALE_HU)
+    out[seen] = raw[seen] / scale
     return out
 
 
-def hu_profile(hu: np.ndarray, line: Centreline, st: Straightened, spacing: float) -> np.ndarray:
-    """Median HU in a small box at the body centre, per plane, lightly smoothed."""
-    half = max(2.0, 4.0 / spacing)
-    uu = np.arange(-half, half + 1e-9)
-    U, V = np.meshgrid(uu, uu, indexing="ij")
-    out = np.zeros(len(line))
-    for a in range(0, len(line), 200):
-        idx = np.arange(a, min(len(line), a + 200))
-        pts = line.plane_points(idx, U, V)
-        pts += (st.body_u[idx][None, :, None, None] * line.u[idx].T[:, :, None, None]
-                + st.body_v[idx][None, :, None, None] * line.v[idx].T[:, :, None, None])
-        vals = ndimage.map_coordinates(hu, pts.reshape(3, -1), order=1, cval=np.nan)
-        vals = vals.reshape(len(idx), -1)
-        seen = np.isfinite(vals).any(axis=1)  # planes beyond the view have no HU at all
-        out[idx[~seen]] = -1000.0
-        if seen.any():
-            out[idx[seen]] = np.nanmedian(vals[seen], axis=1)
-    return ndimage.gaussian_filter1d(out, 1.5 / spacing, mode="nearest")
+def local_period(evidence: np.ndarray, spacing: float, *, lo: int = 0, hi: int | None = None
+                 ) -> np.ndarray:
+    """The spine's local rhythm (planes from one disc to the next) along the centreline.
 
-
-#: A disc found from HU alone: at least this much darker than the marrow on both sides ...
-DIP_PROMINENCE_HU = 50.0
-#: ... and no brighter than this at its darkest.
-DIP_MAX_HU = 170.0
-
-
-def split_at_dips(bodies: list[BodyRun], profile: np.ndarray, spacing: float) -> list[BodyRun]:
-    """Split body runs where the HU profile dips like a disc between two bodies' marrow.
-
-    Used when cortical shells are too faint for the filled-fraction profile to show discs: a
-    disc is then a local minimum at most :data:`DIP_MAX_HU`, at least
-    :data:`DIP_PROMINENCE_HU` below the brightest plane within 15 mm on *each* side.  The
-    split leaves the planes darker than halfway up the dip to neither body.
+    For windows of :data:`PERIOD_WINDOW_MM` every 10 mm, the lag (within :data:`GAP_MM`) at
+    which the evidence best correlates with itself; the windows' answers are smoothed with a
+    running median and interpolated.  Planes outside ``lo..hi`` are ignored.  Where no window
+    has a clear rhythm the result is ``nan``.
     """
-    reach = int(round(15.0 / spacing))
-    edge = int(round(5.0 / spacing))
-    out: list[BodyRun] = []
-    for b in bodies:
-        pieces = [(b.start, b.stop)]
-        changed = True
-        while changed:
-            changed = False
-            for pi, (a, z) in enumerate(pieces):
-                best = None
-                for i in range(a + edge, z - edge + 1):
-                    h = profile[i]
-                    if h > DIP_MAX_HU or h > profile[i - 1] or h > profile[i + 1]:
-                        continue
-                    left = profile[max(a, i - reach): i].max()
-                    right = profile[i + 1: min(z, i + reach) + 1].max()
-                    prom = min(left, right) - h
-                    if prom >= DIP_PROMINENCE_HU and (best is None or prom > best[1]):
-                        best = (i, prom)
-                if best is None:
-                    continue
-                i, prom = best
-                level = profile[i] + prom / 2
-                lo_ = i
-                while lo_ - 1 > a and profile[lo_ - 1] < level:
-                    lo_ -= 1
-                hi_ = i
-                while hi_ + 1 < z and profile[hi_ + 1] < level:
-                    hi_ += 1
-                pieces[pi: pi + 1] = [(a, lo_ - 1), (hi_ + 1, z)]
-                changed = True
+    n = len(evidence)
+    hi = n - 1 if hi is None else hi
+    e = evidence.astype(float)
+    half = int(round(PERIOD_WINDOW_MM / 2 / spacing))
+    lags = np.arange(int(round(GAP_MM[0] / spacing)), int(round(GAP_MM[1] / spacing)) + 1)
+    centres, periods = [], []
+    for c in range(lo, hi + 1, max(1, int(round(10.0 / spacing)))):
+        a, b = max(lo, c - half), min(hi + 1, c + half)
+        x = e[a:b] - e[a:b].mean()
+        if len(x) < 2 * lags[0] or not np.any(x):
+            continue
+        denom = float((x * x).sum())
+        score = np.array([
+            (x[:-lag] * x[lag:]).sum() / denom if lag < len(x) else -np.inf for lag in lags
+        ])
+        # A lag counts only if it is a local maximum of the autocorrelation and clearly positive.
+        k = int(np.argmax(score))
+        if score[k] < 0.15 or k in (0, len(lags) - 1) and score[k] <= score[min(k + 1, len(lags) - 1)]:
+            continue
+        # Prefer the shortest lag that is nearly as good (2T also correlates).
+        good = np.flatnonzero(score >= 0.8 * score[k])
+        first = int(good[0])
+        while first + 1 < len(score) and score[first + 1] > score[first]:
+            first += 1
+        centres.append(c)
+        periods.append(float(lags[first]))
+    out = np.full(n, np.nan)
+    if not centres:
+        return out
+    periods = ndimage.median_filter(np.array(periods), 5, mode="nearest")
+    idx = np.arange(n)
+    out[lo: hi + 1] = np.interp(idx[lo: hi + 1], centres, periods)
+    return out
+
+
+def choose_discs(evidence: np.ndarray, spacing: float, width: np.ndarray | None = None, *,
+                 lo: int = 0, hi: int | None = None) -> list[int]:
+    """Planes of the discs: the rhythmic chain of evidence peaks with the largest total.
+
+    Each step of the chain must fit the local rhythm (:func:`local_period`, within
+    :data:`PERIOD_TOLERANCE`) and differ little from the step before (:data:`GAP_RATIO`).
+
+    Parameters
+    ----------
+    evidence:
+        From :func:`disc_evidence`.
+    width:
+        The body column's width per plane (voxels).  Where the stretch is too short for a
+        rhythm, a step must still be at least :data:`MIN_LEVEL_TO_WIDTH` of it (no vertebral
+        body is much flatter than that: a 15 mm "level" on a 48 mm wide lower thoracic body is
+        a disc found inside a body).
+    lo, hi:
+        Only planes within ``lo..hi`` (inclusive) are considered (the stretch the column was
+        seen over).
+    """
+    n = len(evidence)
+    hi = n - 1 if hi is None else hi
+    e = evidence
+    if width is None:
+        width = np.full(n, np.nan)
+    peaks = np.array([
+        i for i in range(max(1, lo), min(n - 1, hi + 1))
+        if e[i] >= e[i - 1] and e[i] > e[i + 1] and e[i] > MIN_EVIDENCE
+    ], dtype=int)
+    m = len(peaks)
+    if m == 0:
+        return []
+    gain = e[peaks] - DISC_COST
+    period = local_period(e, spacing, lo=lo, hi=hi)
+    g_lo, g_hi = (g / spacing for g in GAP_MM)
+    # value[(j, i)]: best chain ending with discs i -> j (i = -1: j starts the chain).
+    value: dict[tuple[int, int], float] = {}
+    back: dict[tuple[int, int], tuple[int, int] | None] = {}
+    ending: dict[int, list[tuple[int, int]]] = {}
+    for j in range(m):
+        key = (j, -1)
+        value[key], back[key] = gain[j], None
+        ending.setdefault(j, []).append(key)
+        for i in range(j - 1, -1, -1):
+            gap = peaks[j] - peaks[i]
+            if gap > g_hi:
                 break
-        out.extend(BodyRun(a, z, b.width, b.depth) for a, z in pieces if z >= a)
+            if gap < g_lo:
+                continue
+            typical = period[(peaks[i] + peaks[j]) // 2]
+            size_pen = 0.0
+            w_mid = width[(peaks[i] + peaks[j]) // 2]
+            if not np.isfinite(typical) and np.isfinite(w_mid) and gap < MIN_LEVEL_TO_WIDTH * w_mid:
+                continue
+            if np.isfinite(typical):
+                if not PERIOD_TOLERANCE[0] * typical <= gap <= PERIOD_TOLERANCE[1] * typical:
+                    continue
+                size_pen = SIZE_COST * abs(np.log(gap / typical))
+            best, arg = -np.inf, None
+            for prev in ending.get(i, []):
+                v = value[prev]
+                if prev[1] >= 0:
+                    ratio = gap / (peaks[i] - peaks[prev[1]])
+                    if not GAP_RATIO[0] <= ratio <= GAP_RATIO[1]:
+                        continue
+                    v -= RHYTHM_COST * abs(np.log(ratio))
+                if v > best:
+                    best, arg = v, prev
+            if arg is None:
+                continue
+            key = (j, i)
+            value[key], back[key] = best + gain[j] - size_pen, arg
+            ending[j].append(key)
+    key = max(value, key=value.get)
+    if value[key] <= 0:
+        return []
+    chain = []
+    while key is not None:
+        chain.append(int(peaks[key[0]]))
+        key = back[key]
+    return sorted(chain)
+
+
+def refine_discs(profile: np.ndarray, evidence: np.ndarray, centres: list[int], spacing: float
+                 ) -> list[Disc]:
+    """Each disc's centre and half thickness from the profile around its evidence peak.
+
+    Where the disc shows as a dark band between two endplate peaks (within 8 mm either side),
+    the disc is the band between them and its centre the darkest plane; where disc and
+    endplates blurred into one bright band, the disc is the band's middle 3 mm.
+    """
+    seen = np.isfinite(profile)
+    idx = np.arange(len(profile))
+    f = np.interp(idx, idx[seen], profile[seen]) if seen.any() else np.zeros(len(profile))
+    f = ndimage.gaussian_filter1d(f, 0.7 / spacing, mode="nearest")
+    reach = int(round(8.0 / spacing))
+    out = []
+    for c in centres:
+        a, b = max(0, c - reach), min(len(f) - 1, c + reach)
+        left = a + int(np.argmax(f[a: c + 1]))
+        right = c + int(np.argmax(f[c: b + 1]))
+        half = 1.5 / spacing
+        centre = float(c)
+        if left < c < right:
+            low = left + int(np.argmin(f[left: right + 1]))
+            depth = min(f[left], f[right]) - f[low]
+            if depth > 0.0 and left < low < right:
+                # The dark band: where the profile is below halfway up the dip.
+                level = f[low] + 0.5 * depth
+                lo_, hi_ = low, low
+                while lo_ - 1 > left and f[lo_ - 1] < level:
+                    lo_ -= 1
+                while hi_ + 1 < right and f[hi_ + 1] < level:
+                    hi_ += 1
+                centre = 0.5 * (lo_ + hi_)
+                half = max(half, 0.5 * (hi_ - lo_ + 1))
+        out.append(Disc(centre=centre, half=float(half), evidence=float(evidence[c])))
+    return out
+
+
+def bodies_between(discs: list[Disc], lo: int, hi: int, st: Straightened, spacing: float,
+                   min_end_mm: float = 4.0) -> list[BodyRun]:
+    """Vertebral bodies as the stretches between discs, plus the partial ones at each end.
+
+    ``lo``/``hi`` are the first and last planes the column was seen in.  An end piece shorter
+    than ``min_end_mm`` is dropped (a sliver of endplate at the edge of the view).
+    """
+    edges = [(float(lo) - 1.0, 0.0)] + [(d.centre, d.half) for d in discs] + [(float(hi) + 1.0, 0.0)]
+    out = []
+    for (c0, h0), (c1, h1) in zip(edges[:-1], edges[1:]):
+        start = max(lo, int(np.ceil(c0 + h0)))
+        stop = min(hi, int(np.floor(c1 - h1)))
+        if stop < start:
+            continue
+        end_piece = c0 < lo or c1 > hi
+        if end_piece and (stop - start + 1) * spacing < min_end_mm:
+            continue
+        sel = slice(start, stop + 1)
+        w = st.width[sel]
+        d = st.depth[sel]
+        w = w[np.isfinite(w)]
+        d = d[np.isfinite(d)]
+        out.append(BodyRun(
+            start, stop,
+            float(np.median(w)) if w.size else 20.0 / spacing,
+            float(np.median(d)) if d.size else 20.0 / spacing,
+        ))
     return out
 
 
@@ -167,32 +354,42 @@ class DiscPlane:
         return idx - (self.a + self.b * u + self.c * v)
 
 
-#: Steepest disc tilt accepted against the spine's axis (tan of ~25 degrees).
-MAX_DISC_TILT = 0.47
-#: Planes either side of a gap searched for the disc's dark band, mm.
-DISC_FIT_MARGIN_MM = 4.0
+#: Steepest disc tilt accepted against the plane perpendicular to the canal (tan of ~15
+#: degrees): the canal follows the column, so a disc is rarely tilted more against it.
+MAX_DISC_TILT = 0.27
+#: Planes beyond a disc's found extent searched for its dark band, mm.
+DISC_FIT_MARGIN_MM = 2.0
 
 
 def disc_planes(
-    hu: np.ndarray, line: Centreline, st: Straightened, bodies: list[BodyRun], spacing: float
+    hu: np.ndarray, line: Centreline, st: Straightened, bodies: list[BodyRun], spacing: float,
+    found: list[Disc] | None = None,
 ) -> list[DiscPlane]:
-    """Fit each disc's mid-surface from where the HU is lowest between two bodies.
+    """Each disc's mid-surface between two bodies, tilt included where the disc shows it.
 
-    Discs are rarely square to the spine's axis (wedged lordotic discs, tilted endplates);
+    Discs are not always square to the spine's axis (wedged lordotic discs, tilted endplates);
     cutting them at planes perpendicular to the centreline would leave disc in one body and
-    take marrow from the other.  For every (u, v) column through the body, the darkest plane
-    near the gap is found; a plane is fitted to those depths with the worst fifth trimmed, and
-    its tilt is capped at :data:`MAX_DISC_TILT`.  A gap in which the disc is not darker than
-    the bodies (thick slices blur bright endplates into it) keeps the perpendicular plane.
+    take marrow from the other.  Within the disc's own extent (``found``, from
+    :func:`refine_discs`; else the gap between the bodies) and :data:`DISC_FIT_MARGIN_MM`
+    around it, the darkest plane of every (u, v) column through the body is found and a plane
+    fitted to those depths with the worst fifth trimmed.  The fit is kept only if the disc is
+    darker than the bodies beside it and its tilt is within :data:`MAX_DISC_TILT`; otherwise
+    (a disc blurred bright by thick slices, osteoporotic marrow darker than the disc) the
+    perpendicular plane through the disc's centre is used.
     """
     out = []
     for lo, hi in zip(bodies[:-1], bodies[1:]):
         g0, g1 = lo.stop + 1, hi.start - 1
         mid = (g0 + g1) / 2.0
         half = max((g1 - g0 + 1) / 2.0, 1.5 / spacing)
+        between = [d for d in (found or []) if lo.stop <= d.centre <= hi.start]
+        if between:
+            d = max(between, key=lambda d: d.evidence)
+            mid, half = d.centre, max(d.half, 1.5 / spacing)
         perpendicular = DiscPlane(mid, 0.0, 0.0, half)
         w = int(round(DISC_FIT_MARGIN_MM / spacing))
-        idx = np.arange(max(0, g0 - w), min(len(line), g1 + w + 1))
+        a0, a1 = int(np.floor(mid - half)) - w, int(np.ceil(mid + half)) + w
+        idx = np.arange(max(0, a0 - 2 * w), min(len(line), a1 + 2 * w + 1))
         c = int(round(mid))
         hw = max(2.0, 0.35 * min(lo.width, hi.width))
         hd = max(2.0, 0.35 * min(lo.depth, hi.depth))
@@ -203,27 +400,25 @@ def disc_planes(
         vals = ndimage.map_coordinates(hu, pts.reshape(3, -1), order=1, cval=np.nan)
         vals = vals.reshape((len(idx),) + U.shape)
         finite = np.isfinite(vals)
-        if finite.mean() < 0.6 or not finite[(idx >= g0) & (idx <= g1)].any():
+        band = (idx >= a0) & (idx <= a1)
+        if finite.mean() < 0.6 or not finite[band].any():
             out.append(perpendicular)  # the view cuts the disc: too little to fit a tilt
             continue
-        # Outside the view counts as bright (not disc), so it draws no weight below.
         vals = np.where(finite, vals, np.nanmax(vals))
         vals = ndimage.gaussian_filter(vals, (1.0 / spacing, 1.0, 1.0))
         centre_prof = vals[:, U.shape[0] // 2, U.shape[1] // 2]
-        inside = (idx >= g0) & (idx <= g1)
-        bodies_lvl = min(
-            np.median(centre_prof[idx < g0]) if (idx < g0).any() else np.inf,
-            np.median(centre_prof[idx > g1]) if (idx > g1).any() else np.inf,
-        )
-        if not inside.any() or centre_prof[inside].min() > bodies_lvl - 30.0:
+        outside = ~band
+        if not outside.any() or centre_prof[band].min() > np.median(centre_prof[outside]) - 30.0:
             out.append(perpendicular)
             continue
         # Depth of the dark band in each column: the darkness-weighted mean plane (steadier
-        # than the single darkest plane).
+        # than the single darkest plane), within the band only.
+        sub = vals[band]
+        sidx = idx[band]
         level = np.median(vals, axis=0, keepdims=True)
-        dark = np.maximum(level - vals, 0.0)
+        dark = np.maximum(level - sub, 0.0)
         wsum = dark.sum(axis=0)
-        depth = ((dark * idx[:, None, None]).sum(axis=0) / np.maximum(wsum, 1e-6)).ravel()
+        depth = ((dark * sidx[:, None, None]).sum(axis=0) / np.maximum(wsum, 1e-6)).ravel()
         depth[wsum.ravel() <= 0] = mid
         A = np.column_stack([np.ones(depth.size), U.ravel(), V.ravel()])
         keep = np.ones(depth.size, bool)
@@ -234,10 +429,8 @@ def disc_planes(
             keep = res <= np.percentile(res, 80)
         b, cc = (float(x) for x in coef[1:])
         if max(abs(b), abs(cc)) > MAX_DISC_TILT:
-            # Steeper than any disc: the darkest planes are noise, not a surface.
             out.append(perpendicular)
             continue
-        # The fitted plane must still pass through the gap at the body centre.
-        a = float(np.clip(coef[0], g0 - 1, g1 + 1))
+        a = float(np.clip(coef[0], mid - half, mid + half))
         out.append(DiscPlane(a, b, cc, half))
     return out

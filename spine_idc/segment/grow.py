@@ -48,78 +48,100 @@ def grow_vertebrae(work: "Work") -> None:
     """Fill ``work.labels`` (vertebra index 1..n, caudal to cranial), ``work.body_labels`` and
     ``work.other`` from the bodies found along ``work.line``.
 
-    The races run on the stricter mask (shells at the surface threshold): a lower threshold
-    also closes the slits between a rib neck and its transverse process, which would let a
-    vertebra's flood run along the rib.  The result is then grown into the fuller mask.
+    The bodies come first, from the intensities: within the column's outline (:mod:`.column`),
+    between the mid-surfaces of the discs above and below, whatever is brighter than the
+    column's own bone threshold -- so faint osteoporotic marrow, whose cortical shell never
+    closes at any threshold, is body all the same.  The rest of each vertebra is grown from
+    its body and the arch around the canal: the races run on the stricter mask (shells at
+    the surface threshold), since a lower threshold also closes the slits between a rib neck
+    and its transverse process, which would let a vertebra's flood run along the rib; the
+    result is then grown into the fuller mask.
     """
     from skimage.segmentation import watershed
 
     sp, line, st = work.spacing, work.line, work.planes
-    strict, full = work.profile_mask, work.filled
+    col = work.column
+    n = len(work.bodies)
+    near_column = _column_tube(work)
+    candidates = near_column & work.full
+    strict_all, full_all = work.strict, work.full
     # Work inside the bounding box of the bone only: the watershed and distance transform
     # cost grows with the box, and most of the crop is soft tissue.
-    box = _bbox(strict | full, margin=2)
-    strict, full = strict[box], full[box]
-    # Chamfer distance is plenty for ordering a flood and much cheaper than Euclidean.
-    dist = ndimage.distance_transform_cdt(strict, metric="chessboard").astype(np.float32)
+    box = _bbox(strict_all | full_all | candidates, margin=2)
+    strict, full = strict_all[box], full_all[box]
     off = np.array([b.start for b in box], float)
     sub_line = Centreline(line.p - off, line.t, line.u, line.v, line.step)
     _merge_sacrum(work, full, sub_line)
-    either = strict | full
+    work.discs = disc_planes(work.hu, line, st, work.bodies, sp, work.found_discs)
+    either = strict | full | candidates[box]
     coords, idx, u, v, w = project_mask(either, sub_line)
-    in_strict = strict[coords]
+    hu_c = ndimage.gaussian_filter(work.hu[box], 0.7 / sp)[coords]
     bu, bv = st.body_u[idx], st.body_v[idx]
     on = np.abs(w) <= 2.0 / sp
-    n = len(work.bodies)
     cr, chw = work.canal_r, work.canal_hw
-    seed = np.zeros(len(idx), np.int32)
-    body_zone = np.zeros(len(idx), np.int32)
+    # Bodies from intensity: each body's territory lies between the mid-surfaces of its discs.
+    territory = _disc_territory(work, idx, u - bu, v - bv)
+    hw = np.nan_to_num(col.half_width[idx], nan=10.0 / sp)
+    hd = np.nan_to_num(col.half_depth[idx], nan=10.0 / sp)
+    front_wall = np.nan_to_num(col.canal_front[idx], nan=-cr)
+    ellipse = ((u - bu) / (1.1 * hw + 2.0 / sp)) ** 2 + ((v - bv) / (1.1 * hd + 2.0 / sp)) ** 2
+    body_voxel = (
+        candidates[box][coords] & on & (ellipse <= 1.0) & (v < front_wall + 1.0 / sp)
+        & (territory > 0)
+    )
+    body_seed = np.where(body_voxel, territory, 0).astype(np.int32)
+    body_lab = np.zeros(strict.shape, np.int32)
+    body_lab[tuple(c[body_voxel] for c in coords)] = body_seed[body_voxel]
+    _fill_marrow(body_lab, candidates[box] | strict | full)
+    either_body = body_lab > 0
+    # The filled marrow joins the candidates and the seeds.
+    body_seed = body_lab[coords]
+    body_voxel = body_seed > 0
+    strict = strict | either_body
+    full = full | either_body
+    # Chamfer distance is plenty for ordering a flood and much cheaper than Euclidean.
+    dist = ndimage.distance_transform_cdt(strict, metric="chessboard").astype(np.float32)
+    in_strict = strict[coords]
+    in_full = full[coords]
+    seed = body_seed.copy()
     for k, b in enumerate(work.bodies):
-        inb = on & (idx >= b.start) & (idx <= b.stop)
-        body = (
-            inb & (v < -(cr + 1.0)) & (np.abs(u - bu) <= b.width / 2)
-            & (np.abs(v - bv) <= b.depth / 2 + 2.0 / sp)
-        )
         a0, a1 = b.start + 0.25 * b.length, b.stop - 0.25 * b.length
         arch = (
             on & (idx >= a0) & (idx <= a1) & (v >= -(cr + 1.0)) & (v <= cr + 10.0 / sp)
-            & (np.abs(u) <= chw + 8.0 / sp)
+            & (np.abs(u) <= chw + 8.0 / sp) & (seed == 0)
         )
-        seed[body | arch] = k + 1
-        # Where the body's own bone may be: the body run plus its endplates, in front of the
-        # canal, within the body's outline and a margin.
-        zone = (
-            (idx >= b.start - 2) & (idx <= b.stop + 2) & (v < -(cr + 0.5))
-            & (np.abs(u - bu) <= b.width / 2 + 4.0 / sp)
-        )
-        body_zone[zone & (body_zone == 0)] = k + 1
-    # Other bone: far lateral (ribs, ilium, scapula) or far in front of the bodies (sternum,
-    # a contrast-filled aorta).  The sacrum's alae reach further out than any process.
+        seed[arch] = k + 1
+    # Other bone: far lateral (ribs, ilium, scapula), far in front of the bodies (sternum),
+    # or anywhere in front of the canal's wall but outside the body's outline (a
+    # contrast-filled aorta against the body, rib heads, calcified crura).  Beside the
+    # sacrum its alae reach further out than any process, and they are its own bone.
     sacral = (idx <= work.bodies[0].stop + 5.0 / sp) if work.sacrum else np.zeros(len(idx), bool)
     lat = np.where(sacral, SACRAL_LATERAL_LIMIT_MM, LATERAL_LIMIT_MM) / sp
     deep = max(b.depth for b in work.bodies)
     other = (np.abs(u) > lat) | (v < bv - deep / 2 - 10.0 / sp)
+    outside_body = (ellipse > 1.25 ** 2) & (v < front_wall - 2.0 / sp) & ~sacral
+    other |= outside_body & (np.abs(u - bu) > hw + 3.0 / sp) | (
+        outside_body & (v < bv - hd - 4.0 / sp)
+    )
     # Beside the back half of a body, in front of the arch (where transverse processes start),
     # the only bone is a rib head.  Seeding it matters where the rib's far end is out of view.
-    terr = territories(work.bodies, len(line))[idx]
-    bw = np.array([b.width for b in work.bodies])[terr]
-    bd = np.array([b.depth for b in work.bodies])[terr]
     dv = v - bv
     other |= (
-        (np.abs(u - bu) > bw / 2 + 5.0 / sp) & (dv < RIB_ZONE_BACK * bd) & (dv > -0.1 * bd)
+        (np.abs(u - bu) > hw + 5.0 / sp) & (dv < RIB_ZONE_BACK * 2 * hd) & (dv > -0.2 * hd)
         & ~sacral
     )
     other &= seed == 0
     seed[other] = n + 1
     other_full = np.zeros(strict.shape, bool)
-    other_full[tuple(c[other] for c in coords)] = True
-    seed[~in_strict] = 0
+    other_full[tuple(c[other & in_full] for c in coords)] = True
     markers = np.zeros(strict.shape, np.int32)
-    markers[coords] = seed
+    keep = in_strict & (seed > 0)
+    markers[tuple(c[keep] for c in coords)] = seed[keep]
     # Race 1: spine (all vertebra seeds) against other bone, on the distance to background,
     # so that floods stop at the narrow bridges of blurred joints.
     m1 = np.where(markers == n + 1, 2, np.where(markers > 0, 1, 0)).astype(np.int32)
     race = watershed(-dist, markers=m1, mask=strict)
+    work.debug = dict(box=box, strict=strict, full=full, markers=markers, race=race)
     # Race 2: vertebra seeds within the spine, geodesically (flat image).
     m2 = np.where((race == 1) & (markers <= n), markers, 0)
     labels = watershed(np.zeros(strict.shape, np.float32), markers=m2, mask=race == 1)
@@ -133,16 +155,15 @@ def grow_vertebrae(work: "Work") -> None:
         labels = watershed(np.zeros(full.shape, np.float32), markers=grow_seeds, mask=full)
     other_mask = labels == n + 1
     labels[other_mask] = 0
-    # Discs are never bone.  Where faint shells made the fuller mask close over a disc, the
-    # slab of each disc (its fitted mid-surface +- half its height), in front of the canal,
-    # keeps only dense (cortical) voxels: the rims of the endplates, not the disc between.
-    column = (v < -(cr + 0.5)) & (np.abs(u - bu) <= bw / 2 + 6.0 / sp)
+    # Discs are never bone.  The slab of each disc (its fitted mid-surface +- half its
+    # height), in front of the canal, keeps only what is brighter than a disc can be: the
+    # rims of the endplates, not the disc between.
+    column = (v < front_wall + 1.0 / sp) & (np.abs(u - bu) <= hw + 6.0 / sp)
     in_disc = np.zeros(len(idx), bool)
-    work.discs = disc_planes(work.hu, line, st, work.bodies, sp)
     for k, disc in enumerate(work.discs):
         near = column & (idx > work.bodies[k].start) & (idx < work.bodies[k + 1].stop)
         in_disc |= near & (np.abs(disc.offset(idx, u - bu, v - bv)) <= disc.half)
-    in_disc &= work.hu[box][coords] < work.cortical_hu
+    in_disc &= hu_c < work.cortical_hu
     labels[tuple(c[in_disc] for c in coords)] = 0
     _adopt_fragments(labels, other_mask, full, work, box, sub_line)
     out = np.zeros(work.hu.shape, np.int16)
@@ -152,10 +173,68 @@ def grow_vertebrae(work: "Work") -> None:
     work.other[box] = other_mask
     bodies = np.zeros(labels.shape, np.int16)
     lab_c = labels[coords]
-    keep = (body_zone > 0) & (lab_c == body_zone)
+    keep = body_voxel & (lab_c == body_seed)
     bodies[tuple(c[keep] for c in coords)] = lab_c[keep]
     work.body_labels = np.zeros(work.hu.shape, np.int16)
     work.body_labels[box] = bodies
+
+
+def _fill_marrow(body_lab: np.ndarray, allowed: np.ndarray) -> None:
+    """Fill, in place, the holes of each body in its axial planes: marrow darker than the
+    bone threshold (osteoporosis, the basivertebral veins) enclosed by the body's brighter
+    bone.  Only voxels already among ``allowed`` positions' neighbours are ever added: holes
+    are filled in 2-D, so nothing beyond the body's own outline."""
+    for k, sl in enumerate(ndimage.find_objects(body_lab), start=1):
+        if sl is None:
+            continue
+        sub = body_lab[sl]
+        mask = sub == k
+        filled = np.zeros_like(mask)
+        for z in range(mask.shape[2]):
+            if mask[:, :, z].any():
+                filled[:, :, z] = ndimage.binary_fill_holes(mask[:, :, z])
+        sub[filled & (sub == 0)] = k
+
+
+def _column_tube(work: "Work") -> np.ndarray:
+    """Voxels within the widest body's half-width + 15 mm of the body column's centre curve.
+
+    Computed on a grid four times coarser (a distance transform of the whole crop at full
+    resolution would cost seconds).
+    """
+    sp, line, col = work.spacing, work.line, work.column
+    shape = work.hu.shape
+    f = 4
+    small_shape = tuple(int(np.ceil(s / f)) for s in shape)
+    centre = line.p + (np.nan_to_num(col.centre_u)[:, None] * line.u
+                       + np.nan_to_num(col.centre_v)[:, None] * line.v)
+    mark = np.ones(small_shape, bool)
+    ijk = np.rint(centre / f).astype(int)
+    ok = np.all((ijk >= 0) & (ijk < np.array(small_shape)), axis=1) & col.found
+    mark[tuple(ijk[ok].T)] = False
+    if mark.all():
+        return np.zeros(shape, bool)
+    dist = ndimage.distance_transform_edt(mark) * f * sp
+    reach = float(np.nanmax(col.half_width)) * sp + 15.0
+    tube = dist <= reach
+    big = np.repeat(np.repeat(np.repeat(tube, f, 0), f, 1), f, 2)
+    return big[: shape[0], : shape[1], : shape[2]]
+
+
+def _disc_territory(work: "Work", idx, du, dv) -> np.ndarray:
+    """For points at centreline plane ``idx`` with offsets ``du``/``dv`` from the body centre,
+    the body (1..n) whose disc-to-disc stretch holds them, 0 beyond the ends of the column.
+
+    Between two bodies the boundary is the disc's fitted (tilted) mid-surface; the ends are
+    the first and last body's own extent.
+    """
+    n = len(work.bodies)
+    out = np.zeros(len(idx), np.int32)
+    inside = (idx >= work.bodies[0].start - 1) & (idx <= work.bodies[-1].stop + 1)
+    out[inside] = 1
+    for k, disc in enumerate(work.discs):
+        out[inside & (disc.offset(idx, du, dv) > 0)] = k + 2
+    return np.clip(out, 0, n)
 
 
 def _merge_sacrum(work: "Work", full: np.ndarray, line: Centreline) -> None:

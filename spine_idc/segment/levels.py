@@ -277,8 +277,8 @@ def finish(
         thresholds_hu={
             name: round(float(value), 1)
             for name, value in (
-                ("surface", work.surface_hu or work.cortical_hu), ("shell", work.ring_hu),
-                ("disc", work.disc_hu),
+                ("bone", work.bone_hu), ("joint", work.joint_hu),
+                ("cortical", work.cortical_hu), ("disc", work.disc_hu),
             )
             if np.isfinite(value) and value
         },
