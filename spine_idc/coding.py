@@ -4,8 +4,8 @@ Label values
 ------------
 Vertebrae follow the VerSe challenge numbering, so VerSe masks and our label maps can be compared
 directly.  VerSe uses 1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6, 26 sacrum, 27 coccyx and 28 T13
-(the ``v_dict`` of VerSe's ``data_utilities.py``); we take over 1-24 and 26 and leave 25, 27 and
-28 unused so that they keep VerSe's meaning if they are ever added.  Structures VerSe does not
+(the ``v_dict`` of VerSe's ``data_utilities.py``); we take over 1-26 and 28 (L6 and T13 for
+transitional anatomy) and leave 27 unused.  Structures VerSe does not
 label get values no VerSe mask can hold:
 
 * 29 S1: the first value after VerSe's range.  TotalSegmentator (v2) has a class
@@ -116,8 +116,15 @@ _NAMES = (
     + ["sacrum"]
 )
 _ORDER = {name: i for i, name in enumerate(_NAMES)}
-_RANK: dict[str, float] = {**_ORDER, "S1": _ORDER["L5"] + 0.5, "spinal_cord": len(_NAMES) + 1.0}
+_RANK: dict[str, float] = {
+    **_ORDER, "T13": _ORDER["T12"] + 0.5, "L6": _ORDER["L5"] + 0.25, "S1": _ORDER["L5"] + 0.5,
+    "spinal_cord": len(_NAMES) + 1.0,
+}
 SACRUM_VALUE = 26
+#: Transitional levels, with VerSe's values: a sixth lumbar vertebra (L6) and a thirteenth
+#: rib-bearing one (T13).
+L6_VALUE = 25
+T13_VALUE = 28
 #: S1 when a backend labels it apart from the rest of the sacrum (not a VerSe value).
 S1_VALUE = 29
 #: The spinal cord, as SPINEPS / TPTBox number it (not a VerSe value).
@@ -155,8 +162,13 @@ LEVELS: tuple[Level, ...] = tuple(
     )
     for i, name in enumerate(_NAMES)
 )
-#: Rows for structures only a network backend labels (see the module docstring).
+#: Rows for transitional levels and for structures only a network backend labels (see the
+#: module docstring).  PS3.16 has no concept for a thirteenth thoracic or a sixth lumbar
+#: vertebra (CID 7603 stops at T12 and L5), so they are coded as the generic vertebra and named
+#: by their segment label.
 EXTRA_ROWS: tuple[Level, ...] = (
+    Level("T13", T13_VALUE, Region.THORACIC, VERTEBRA_GENERIC, _colour(len(_NAMES) + 2)),
+    Level("L6", L6_VALUE, Region.LUMBAR, VERTEBRA_GENERIC, _colour(len(_NAMES) + 3)),
     Level("S1", S1_VALUE, Region.SACRAL, Code("65985001", "SCT", "S1 vertebra"),
           _colour(len(_NAMES))),
     # TotalSegmentator's colour for the cord.

@@ -33,6 +33,8 @@ FLAG_UNIDENTIFIED = "unidentified"
 FLAG_ANCHOR_CONFLICT = "anchor-conflict"
 FLAG_NO_BODY = "no-body"
 FLAG_IMPLAUSIBLE_SPACING = "implausible-spacing"
+#: Transitional anatomy (13 rib-bearing vertebrae, 6 lumbar ones): named by VerSe's rules.
+FLAG_TRANSITIONAL = "transitional"
 
 
 @dataclasses.dataclass
@@ -77,6 +79,9 @@ class VertebraQC:
     axis_lps: tuple[float, float, float]
     flags: list[str] = dataclasses.field(default_factory=list)
     rib_sides: int = 0  # sides (0-2) on which a rib was seen attached: the rib anchors' evidence
+    #: How sure the backend is of this vertebra's name (0..1), calibrated against measured
+    #: errors; unidentified vertebrae carry a low value, their name is not claimed.
+    confidence: float = 0.0
 
 
 @dataclasses.dataclass

@@ -134,11 +134,13 @@ def canal_likelihood(hu: np.ndarray, spacing: float, inside: np.ndarray | None =
 
 
 def track(score: np.ndarray, spacing: float, *, max_slope: float = 1.2,
-          jump_cost_per_mm: float = 0.05) -> CanalTrack:
+          ap_cost_per_mm: float = 0.05, lateral_cost_per_mm: float = 0.15) -> CanalTrack:
     """The best chain of canal positions through the planes of ``score`` (Viterbi).
 
-    A chain gains ``score - BIAS`` per plane and pays ``jump_cost_per_mm`` for sideways moves;
-    it may start and end in any plane.  The result is then cut at weak stretches
+    A chain gains ``score - BIAS`` per plane and pays for moves within the plane: little for
+    anteroposterior ones (the lordosis, the sacrum's backward curve), more for lateral ones
+    (a scoliotic canal drifts sideways slowly; a chain that slides sideways is leaving the
+    spine, into a sacral foramen or a rib's gap).  It may start and end in any plane.  The result is then cut at weak stretches
     (:data:`WEAK_SCORE` over :data:`WEAK_RUN_MM`) and the best-scoring stretch returned.
     """
     nx, ny, nk = score.shape
@@ -158,7 +160,8 @@ def track(score: np.ndarray, spacing: float, *, max_slope: float = 1.2,
             carry = np.zeros((nx, ny), np.float32)  # 0 = start a new chain here
             arg = np.full((nx, ny), -1, np.int8)
             for i, (dx, dy) in enumerate(offsets):
-                cand = _shifted(prev, dx, dy, -np.inf) - jump_cost_per_mm * spacing * np.hypot(dx, dy)
+                cost = spacing * (lateral_cost_per_mm * abs(dx) + ap_cost_per_mm * abs(dy))
+                cand = _shifted(prev, dx, dy, -np.inf) - cost
                 better = cand > carry
                 carry[better] = cand[better]
                 arg[better] = i

@@ -34,9 +34,10 @@ from .base import SegmentationResult
 from .canal import CanalTrack, find_canal
 from .column import Column, measure_column, reformat
 from .discs import (
-    Disc, bodies_between, choose_discs, disc_evidence, local_period, refine_discs,
+    Disc, between_bodies, bodies_between, choose_discs, disc_evidence, local_period, refine_discs,
 )
 from .grow import grow_vertebrae
+from .sacrum import SacrumEvidence
 from .vertebrae import BodyRun, Straightened
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class Work:
     column: Column | None = None
     disc_evidence: np.ndarray | None = None
     found_discs: list[Disc] = dataclasses.field(default_factory=list)
+    seen: tuple[int, int] = (0, 0)  # first and last plane the column was seen in
+    probe: bool = False  # bodies[0] is a tentative segment below the lowest disc (the sacrum?)
     canal_r: float = 0.0
     canal_hw: float = 0.0
     planes: Straightened | None = None
@@ -75,8 +78,8 @@ class Work:
     labels: np.ndarray | None = None  # vertebra index 1..n, caudal to cranial
     body_labels: np.ndarray | None = None
     other: np.ndarray | None = None  # bone handed to ribs / ilium / other
-    lateral_mass: list[float] = dataclasses.field(default_factory=list)
-    sacrum: bool = False  # bodies[0] is the sacrum
+    sacrum: bool = False  # bodies[0] is sacrum-like (its pieces merged)
+    sacrum_evidence: "SacrumEvidence | None" = None
     conflict: bool = False  # naming anchors disagree
     notes: list[str] = dataclasses.field(default_factory=list)  # for the QC warnings
     discs: list = dataclasses.field(default_factory=list)  # DiscPlane between bodies k, k+1
@@ -218,19 +221,24 @@ class ClassicalBackend:
                 "in front of it"
             )
         lo, hi = int(seen[0]), int(seen[-1])
+        work.seen = (lo, hi)
         # Two passes: the rhythm of a first evidence sets how far a disc's endplates may lie
         # from its centre in the second.
         first = disc_evidence(col.profile, sp)
         work.disc_evidence = disc_evidence(col.profile, sp, local_period(first, sp, lo=lo, hi=hi))
         centres = choose_discs(work.disc_evidence, sp, 2.0 * col.half_width, lo=lo, hi=hi)
-        work.found_discs = refine_discs(col.profile, work.disc_evidence, centres, sp)
+        work.found_discs = between_bodies(
+            refine_discs(col.profile, work.disc_evidence, centres, sp), col.profile,
+            col.threshold, sp,
+        )
         work.planes = Straightened(
             body_u=col.centre_u, body_v=col.centre_v, width=2.0 * col.half_width,
             depth=2.0 * col.half_depth, profile=col.profile, found=col.found,
         )
         work.canal_r = float(np.nanmedian(-col.canal_front))
         work.canal_hw = float(np.nanmedian(col.canal_half_width))
-        work.bodies = bodies_between(work.found_discs, lo, hi, work.planes, sp)
+        work.bodies = bodies_between(work.found_discs, lo, hi, work.planes, sp, col.threshold)
+        _probe_below(work)
         if not work.bodies:
             raise SegmentationError(
                 series_key, "no-spine", "a canal-like tube was found but no vertebral bodies"
@@ -266,6 +274,36 @@ class ClassicalBackend:
         t = time.perf_counter()
         grow_vertebrae(work)
         work.timing["grow"] = time.perf_counter() - t
+
+
+#: Below the lowest disc, the column is followed this far (mm) to look for the sacrum when the
+#: straightened view loses it (the sacrum curves backwards, away from a straight extension).
+PROBE_MM = 30.0
+
+
+def _probe_below(work: Work) -> None:
+    """Add a tentative segment under the lowest disc when the column's view ends there.
+
+    The canal is rarely followed far into the sacrum (its canal is a flat slit), so the
+    column is often seen only down to the L5/S1 disc.  The top of S1, where the alae and
+    the sacroiliac joints are, lies just under that disc, within the last outline seen: a
+    segment of :data:`PROBE_MM` there lets the sacrum's test (:mod:`.sacrum`) look at it.  If
+    it is not the sacrum it is dropped again (:func:`.grow.grow_vertebrae`).
+    """
+    if not work.found_discs or not work.bodies:
+        return
+    sp = work.spacing
+    lowest = min(work.found_discs, key=lambda d: d.centre)
+    lo = work.seen[0]
+    top = int(np.floor(lowest.centre - lowest.half)) - 1
+    if lowest.centre - lo > 20.0 / sp or top < 10.0 / sp:
+        return  # the column goes on well below the disc, or the view ends there
+    start = max(0, int(round(top - PROBE_MM / sp)))
+    ref = min(work.bodies, key=lambda b: b.start)
+    probe = BodyRun(start, top, ref.width, ref.depth)
+    work.bodies = [b for b in work.bodies if b.start > lowest.centre]
+    work.bodies.insert(0, probe)
+    work.probe = True
 
 
 def _peel(mask: np.ndarray, hu: np.ndarray, surface_hu: float, layers: int = 2) -> np.ndarray:

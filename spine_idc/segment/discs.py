@@ -309,12 +309,45 @@ def refine_discs(profile: np.ndarray, evidence: np.ndarray, centres: list[int], 
     return out
 
 
+def between_bodies(discs: list[Disc], profile: np.ndarray, bone_hu: float, spacing: float,
+                   flank_mm: float = 6.0) -> list[Disc]:
+    """The discs that have bone on both sides: the profile over ``flank_mm`` beyond each
+    half is mostly above ``bone_hu``.  (The last endplate of a column whose next vertebra is
+    not there -- the top of the cervical spine, a phantom's last level -- looks like a disc's
+    edge, but has soft tissue beyond it.)  Only the outermost discs are checked: one between
+    two others has a body on each side by construction."""
+    if len(discs) <= 2:
+        ends = set(range(len(discs)))
+    else:
+        ends = {0, len(discs) - 1}
+    out = []
+    f = max(2, int(round(flank_mm / spacing)))
+    gap = int(round(2.0 / spacing))  # past the endplate's own blur
+    for i, d in enumerate(discs):
+        if i not in ends:
+            out.append(d)
+            continue
+        a = int(d.centre - d.half) - gap
+        b = int(d.centre + d.half) + 1 + gap
+        lo = profile[max(0, a - f): max(0, a)]
+        hi = profile[b: b + f]
+        # A flank the view does not show cannot tell: only soft tissue seen there rejects.
+        ok = all(
+            side.size == 0 or np.isfinite(side).mean() <= 0.5 or np.nanmedian(side) >= bone_hu
+            for side in (lo, hi)
+        )
+        if ok:
+            out.append(d)
+    return out
+
+
 def bodies_between(discs: list[Disc], lo: int, hi: int, st: Straightened, spacing: float,
-                   min_end_mm: float = 4.0) -> list[BodyRun]:
+                   bone_hu: float = -np.inf, min_end_mm: float = 4.0) -> list[BodyRun]:
     """Vertebral bodies as the stretches between discs, plus the partial ones at each end.
 
     ``lo``/``hi`` are the first and last planes the column was seen in.  An end piece shorter
-    than ``min_end_mm`` is dropped (a sliver of endplate at the edge of the view).
+    than ``min_end_mm`` is dropped (a sliver of endplate at the edge of the view), and so is
+    one whose core is mostly darker than ``bone_hu`` (soft tissue beyond the last endplate).
     """
     edges = [(float(lo) - 1.0, 0.0)] + [(d.centre, d.half) for d in discs] + [(float(hi) + 1.0, 0.0)]
     out = []
@@ -325,6 +358,10 @@ def bodies_between(discs: list[Disc], lo: int, hi: int, st: Straightened, spacin
             continue
         end_piece = c0 < lo or c1 > hi
         if end_piece and (stop - start + 1) * spacing < min_end_mm:
+            continue
+        core = st.profile[start: stop + 1]
+        core = core[np.isfinite(core)]
+        if end_piece and (core.size == 0 or np.median(core) < bone_hu):
             continue
         sel = slice(start, stop + 1)
         w = st.width[sel]

@@ -26,16 +26,14 @@ from scipy import ndimage
 
 from .axis import Centreline
 from .discs import disc_planes
-from .vertebrae import BodyRun, lateral_mass, project_mask, territories
+from .sacrum import assess
+from .vertebrae import BodyRun, project_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from .classical import Work
 
 log = logging.getLogger(__name__)
 
-#: Bone this thick (in-plane distance to background, mm) 28-45 mm beside a body makes it the
-#: sacrum (its alae); transverse processes and rib necks are a few millimetres thick.
-SACRUM_LATERAL_MASS_MM = 6.5
 #: How far back (fraction of the body's depth behind its centre) the rib-head zone reaches.
 RIB_ZONE_BACK = 0.35
 #: Beyond this distance from the midline (mm) bone is not a vertebra's (lumbar transverse
@@ -71,7 +69,7 @@ def grow_vertebrae(work: "Work") -> None:
     strict, full = strict_all[box], full_all[box]
     off = np.array([b.start for b in box], float)
     sub_line = Centreline(line.p - off, line.t, line.u, line.v, line.step)
-    _merge_sacrum(work, full, sub_line)
+    _merge_sacrum(work, full, work.inside[box], sub_line)
     work.discs = disc_planes(work.hu, line, st, work.bodies, sp, work.found_discs)
     either = strict | full | candidates[box]
     coords, idx, u, v, w = project_mask(either, sub_line)
@@ -237,32 +235,32 @@ def _disc_territory(work: "Work", idx, du, dv) -> np.ndarray:
     return np.clip(out, 0, n)
 
 
-def _merge_sacrum(work: "Work", full: np.ndarray, line: Centreline) -> None:
-    """Decide whether the caudal-most body is the sacrum, merging its pieces.
+def _merge_sacrum(work: "Work", full: np.ndarray, inside: np.ndarray, line: Centreline) -> None:
+    """Decide whether the caudal-most segment is the sacrum (:mod:`.sacrum`), merging its
+    pieces.
 
-    The sacrum is the most cranial body, among the caudal ones, with massive bone beside it
-    (measured on the fuller mask: the alae's marrow may not close in the strict one).  Bodies
-    below it are the same fused bone, cut into pieces by faint lines or by the straight
-    centreline leaving the sacrum's curve, so they are merged into it.
+    The sacrum is the most cranial of the lowest segments with alae on both sides.  Segments
+    below it are the same fused bone, cut into pieces by the remnants of sacral discs or by
+    the centreline leaving the sacrum's curve, so they are merged into it.  Whether it may
+    name the levels (:attr:`.sacrum.SacrumEvidence.verified`) is decided there too.
     """
-    sp = work.spacing
-    work.lateral_mass = lateral_mass(full, line, work.planes, work.bodies, sp)
-    work.sacrum = False
-    start0 = work.bodies[0].start
-    cand = [
-        j for j, b in enumerate(work.bodies[:5])
-        if work.lateral_mass[j] >= SACRUM_LATERAL_MASS_MM and (b.start - start0) * sp <= 130.0
-    ]
-    if not cand:
+    ev = assess(work, work.full, work.inside)
+    work.sacrum_evidence = ev
+    work.sacrum = ev.index is not None
+    if work.probe and ev.index != 0:
+        # The tentative segment under the lowest disc is not the sacrum's top: drop it.
+        work.bodies = work.bodies[1:]
+        work.probe = False
+        if ev.index is not None:
+            ev.index -= 1
+    if not work.sacrum:
         return
-    j = max(cand)
-    work.sacrum = True
+    j = ev.index
     parts = work.bodies[: j + 1]
     work.bodies[: j + 1] = [
         BodyRun(parts[0].start, parts[-1].stop, max(p.width for p in parts),
                 max(p.depth for p in parts))
     ]
-    work.lateral_mass[: j + 1] = [max(work.lateral_mass[: j + 1])]
 
 
 def _bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
