@@ -6,8 +6,10 @@ segmentation benchmark*, Med. Image Anal. 2021) names L1 the first vertebra *wit
 with rib remnants under 4 cm*.  So a rib here is a bone that
 
 * is not the vertebra's own (the bone the segmenter handed to "other"),
-* touches the vertebra (within :data:`CONTACT_MM`) less than :data:`MEDIAL_MAX_MM` from the
-  midline -- a rib head or tubercle at its joints, not a rib passing by,
+* touches the vertebra (within :data:`CONTACT_MM`) where a rib articulates: its head beside
+  the back third of the body, or its tubercle on the transverse process, less than
+  :data:`MEDIAL_MAX_MM` from the midline and :data:`BACK_MAX_MM` behind the canal's centre
+  (vessels, a crus, a contrast-filled kidney touch the body further forward),
 * runs at least :data:`MIN_RIB_MM` from that contact (rib remnants and transverse processes
   cut off by the segmentation are shorter), and
 * is slender: a rib's cross-section is a few square centimetres at most, so bone that is
@@ -39,11 +41,16 @@ log = logging.getLogger(__name__)
 
 #: How close (mm) a bone must come to the vertebra to articulate with it.
 CONTACT_MM = 4.0
-#: The contact must lie within this distance (mm) of the midline: costovertebral and
-#: costotransverse joints lie 15-35 mm out.
+#: Where a rib may touch its vertebra: within this distance (mm) of the midline ...
 MEDIAL_MAX_MM = 42.0
+#: ... no further back (mm) than this behind the canal's centre (the costotransverse joints),
+#: and no further forward than the back third of the body (its costal facets; in front of
+#: them only vessels, a crus or a contrast-filled kidney's hilum touch it).
+BACK_MAX_MM = 20.0
 #: A rib runs at least this far (mm) from its joint (VerSe: remnants under 4 cm do not count).
 MIN_RIB_MM = 40.0
+#: How far from its joint (mm) a rib's run and slenderness are judged.
+LOCAL_MM = 60.0
 #: Bone more massive than this per millimetre of its run (mm^3/mm, i.e. a cross-section in
 #: mm^2) is not a rib: an adult rib is about 1 x 1.5 cm, with partial volume well under 4 cm^2.
 MAX_RIB_SECTION_MM2 = 400.0
@@ -120,13 +127,22 @@ def find_ribs(work: "Work") -> list[RibSides]:
         slab_self = sample_planes(labels, work.line, half_u, (v_lo, v_hi), **kw) == k + 1
         slab_in = sample_planes(inside, work.line, half_u, (v_lo, v_hi), **kw) > 0.5
         uu = np.arange(-half_u, half_u + 1e-9, res)[: slab_other.shape[1]] * sp
-        out.append(_sides(slab_other, slab_self, slab_in, uu, SLAB_MM))
+        vv = np.arange(v_lo, v_hi + 1e-9, res)[: slab_other.shape[2]] * sp
+        c = int(round(b.centre))
+        col = work.column
+        head = (
+            (np.abs(uu)[:, None] <= MEDIAL_MAX_MM)
+            & (vv[None, :] >= (col.centre_v[c] + 0.3 * col.half_depth[c]) * sp)
+            & (vv[None, :] <= BACK_MAX_MM)
+        )
+        out.append(_sides(slab_other, slab_self, slab_in, uu, head, SLAB_MM))
     return out
 
 
-def _sides(other, own, inside, uu, sp) -> RibSides:
+def _sides(other, own, inside, uu, head, sp) -> RibSides:
     """Rib states of one vertebra from its slab (``[plane, u, v]`` sampled every ``sp`` mm in
-    each direction, ``uu`` the u offsets in mm)."""
+    each direction, ``uu`` the u offsets in mm, ``head`` the ``(u, v)`` zone where a rib head
+    may touch it)."""
     states, lengths = [], []
     if not own.any():
         return RibSides(RibState.UNKNOWN, RibState.UNKNOWN)
@@ -140,16 +156,20 @@ def _sides(other, own, inside, uu, sp) -> RibSides:
             states.append(RibState.UNKNOWN)
             lengths.append(0.0)
             continue
-        contact = near_own & other & side & (np.abs(uu)[None, :, None] <= MEDIAL_MAX_MM)
+        contact = near_own & other & side & head[None]
         best = 0.0
         if n and contact.any():
             for c in np.unique(lab[contact]):
                 pts = np.argwhere(lab == c).astype(float)
                 touch = np.argwhere(contact & (lab == c)).astype(float)
-                # Its run: how far the piece reaches from where it touches the vertebra.
-                run = float(np.max(np.linalg.norm(
-                    pts[:, None, :] - touch.mean(axis=0)[None, None, :], axis=2))) * sp
-                section = len(pts) * sp**3 / max(run, 1.0)
+                # Only the piece's first LOCAL_MM from where it touches the vertebra counts:
+                # a first rib joins the clavicle and the manubrium further out, a lower rib
+                # the costal cartilages; what matters is how it leaves the spine.
+                d = np.linalg.norm(pts - touch.mean(axis=0)[None, :], axis=1) * sp
+                near = d <= LOCAL_MM
+                run = float(d[near].max())
+                section = int(near.sum()) * sp**3 / max(run, 1.0)
+                pts = pts[near]
                 if section > MAX_RIB_SECTION_MM2:
                     continue
                 # Only the part on this side counts (a piece may cross under the body).
