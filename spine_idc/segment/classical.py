@@ -267,8 +267,7 @@ class ClassicalBackend:
                                   min(work.cortical_hu, JOINT_HU)))
         smooth = ndimage.gaussian_filter(work.hu, 0.7 / sp)
         usable = work.inside & ~work.canal_core
-        work.full = _peel((smooth > work.bone_hu) & usable, smooth,
-                          0.5 * (work.bone_hu + work.joint_hu))
+        work.full = _peel((smooth > work.bone_hu) & usable, smooth, work.bone_hu)
         work.strict = (smooth > work.joint_hu) & usable
         work.timing["bone"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -306,20 +305,33 @@ def _probe_below(work: Work) -> None:
     work.probe = True
 
 
-def _peel(mask: np.ndarray, hu: np.ndarray, surface_hu: float, layers: int = 2) -> np.ndarray:
-    """Peel the blurred skirt of ``mask``: outermost voxels below ``surface_hu``, a layer at a
-    time (the second and later ones within axial planes only: across thick slices the skirt
-    is the slice profile of real bone)."""
-    from .bone import plane_structure
+def _peel(mask: np.ndarray, hu: np.ndarray, floor_hu: float, layers: int = 2) -> np.ndarray:
+    """Peel the blurred skirt of ``mask``, a layer at a time from the outside: voxels darker
+    than halfway between soft tissue and the brightest bone within 2 mm (where the scanner's
+    blur puts a bone's real edge, whatever its density), but never below ``floor_hu``.
 
-    out = mask.copy()
+    The second and later layers are peeled within axial planes only: across thick slices the
+    skirt is the slice profile of real bone.  Interior voxels (marrow darker than its cortex)
+    are never reached: only what lies on the outside is peeled.
+    """
+    from .bone import plane_structure
+    from .column import SOFT_HU
+
+    box = tuple(
+        slice(max(0, int(ix.min()) - 3), int(ix.max()) + 4) for ix in np.nonzero(mask)
+    ) if mask.any() else tuple(slice(0, 0) for _ in mask.shape)
+    sub, h = mask[box].copy(), hu[box]
+    near_max = ndimage.maximum_filter(h, size=5)
+    surface = np.maximum(0.5 * (SOFT_HU + near_max), floor_hu)
     for layer in range(layers):
         structure = None if layer == 0 else plane_structure(2)
-        outer = out & ~ndimage.binary_erosion(out, structure=structure, border_value=1)
-        peel = outer & (hu < surface_hu)
+        outer = sub & ~ndimage.binary_erosion(sub, structure=structure, border_value=1)
+        peel = outer & (h < surface)
         if not peel.any():
             break
-        out &= ~peel
+        sub &= ~peel
+    out = np.zeros_like(mask)
+    out[box] = sub
     return out
 
 

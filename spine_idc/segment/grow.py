@@ -39,6 +39,11 @@ RIB_ZONE_BACK = 0.35
 #: Beyond this distance from the midline (mm) bone is not a vertebra's (lumbar transverse
 #: processes reach about 46 mm); beside the sacrum, whose alae reach ~58 mm, the ilium starts.
 LATERAL_LIMIT_MM = 50.0
+#: The body is what lies within the column's outline, scaled by this and widened by this
+#: margin (mm): the outline is drawn where the column's HU, smoothed along the spine, crosses
+#: the bone threshold, a little inside the cortex at the bodies' waists.
+BODY_SCALE = 1.1
+BODY_MARGIN_MM = 2.0
 SACRAL_LATERAL_LIMIT_MM = 75.0
 
 
@@ -82,7 +87,8 @@ def grow_vertebrae(work: "Work") -> None:
     hw = np.nan_to_num(col.half_width[idx], nan=10.0 / sp)
     hd = np.nan_to_num(col.half_depth[idx], nan=10.0 / sp)
     front_wall = np.nan_to_num(col.canal_front[idx], nan=-cr)
-    ellipse = ((u - bu) / (1.1 * hw + 2.0 / sp)) ** 2 + ((v - bv) / (1.1 * hd + 2.0 / sp)) ** 2
+    ellipse = (((u - bu) / (BODY_SCALE * hw + BODY_MARGIN_MM / sp)) ** 2
+               + ((v - bv) / (BODY_SCALE * hd + BODY_MARGIN_MM / sp)) ** 2)
     body_voxel = (
         candidates[box][coords] & on & (ellipse <= 1.0) & (v < front_wall + 1.0 / sp)
         & (territory > 0)

@@ -40,9 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 #: How close (mm) a bone must come to the vertebra to articulate with it.
-CONTACT_MM = 4.0
+CONTACT_MM = 6.0
 #: Where a rib may touch its vertebra: within this distance (mm) of the midline ...
-MEDIAL_MAX_MM = 42.0
+MEDIAL_MAX_MM = 46.0
 #: ... no further back (mm) than this behind the canal's centre (the costotransverse joints),
 #: and no further forward than the back third of the body (its costal facets; in front of
 #: them only vessels, a crus or a contrast-filled kidney's hilum touch it).
