@@ -37,14 +37,23 @@ log = logging.getLogger(__name__)
 #: How far back (fraction of the body's depth behind its centre) the rib-head zone reaches.
 RIB_ZONE_BACK = 0.35
 #: Beyond this distance from the midline (mm) bone is not a vertebra's (lumbar transverse
-#: processes reach about 46 mm); beside the sacrum, whose alae reach ~58 mm, the ilium starts.
+#: processes reach about 46 mm); beside the sacrum, whose alae reach 50-55 mm, the ilium starts.
 LATERAL_LIMIT_MM = 50.0
+#: Discs are cleared at least this far (mm) either side of their mid-surface: a 2-3 mm slice
+#: through a thin disc blurs it over its endplates' thickness.
+MIN_DISC_HALF_MM = 2.5
+#: Within this fraction of the outline every voxel brighter than MARROW_MIN_HU is marrow.
+CORE_SCALE = 0.85
+MARROW_MIN_HU = 0.0
+#: How far (mm) beyond the column seen the top and the lowest vertebra may reach (superior
+#: articular processes above, a spinous process below).
+END_REACH_MM = (12.0, 30.0)
 #: The body is what lies within the column's outline, scaled by this and widened by this
 #: margin (mm): the outline is drawn where the column's HU, smoothed along the spine, crosses
 #: the bone threshold, a little inside the cortex at the bodies' waists.
-BODY_SCALE = 1.1
+BODY_SCALE = 1.0
 BODY_MARGIN_MM = 2.0
-SACRAL_LATERAL_LIMIT_MM = 75.0
+SACRAL_LATERAL_LIMIT_MM = 56.0
 
 
 def grow_vertebrae(work: "Work") -> None:
@@ -67,16 +76,21 @@ def grow_vertebrae(work: "Work") -> None:
     n = len(work.bodies)
     near_column = _column_tube(work)
     candidates = near_column & work.full
+    # Inside the core of the outline, marrow of any density is body: fatty or osteoporotic
+    # marrow can be darker than the bone threshold, and nothing but marrow lies there.
+    marrow = near_column & work.inside & ~work.canal_core & (
+        ndimage.gaussian_filter(work.hu, 0.7 / sp) > MARROW_MIN_HU)
     strict_all, full_all = work.strict, work.full
     # Work inside the bounding box of the bone only: the watershed and distance transform
     # cost grows with the box, and most of the crop is soft tissue.
     box = _bbox(strict_all | full_all | candidates, margin=2)
+    marrow = marrow[box]
     strict, full = strict_all[box], full_all[box]
     off = np.array([b.start for b in box], float)
     sub_line = Centreline(line.p - off, line.t, line.u, line.v, line.step)
     _merge_sacrum(work, full, work.inside[box], sub_line)
     work.discs = disc_planes(work.hu, line, st, work.bodies, sp, work.found_discs)
-    either = strict | full | candidates[box]
+    either = strict | full | candidates[box] | marrow
     coords, idx, u, v, w = project_mask(either, sub_line)
     hu_c = ndimage.gaussian_filter(work.hu[box], 0.7 / sp)[coords]
     bu, bv = st.body_u[idx], st.body_v[idx]
@@ -89,9 +103,10 @@ def grow_vertebrae(work: "Work") -> None:
     front_wall = np.nan_to_num(col.canal_front[idx], nan=-cr)
     ellipse = (((u - bu) / (BODY_SCALE * hw + BODY_MARGIN_MM / sp)) ** 2
                + ((v - bv) / (BODY_SCALE * hd + BODY_MARGIN_MM / sp)) ** 2)
+    core = ((u - bu) / (CORE_SCALE * hw)) ** 2 + ((v - bv) / (CORE_SCALE * hd)) ** 2
     body_voxel = (
-        candidates[box][coords] & on & (ellipse <= 1.0) & (v < front_wall + 1.0 / sp)
-        & (territory > 0)
+        on & (v < front_wall + 1.0 / sp) & (territory > 0)
+        & (((ellipse <= 1.0) & candidates[box][coords]) | ((core <= 1.0) & marrow[coords]))
     )
     body_seed = np.where(body_voxel, territory, 0).astype(np.int32)
     body_lab = np.zeros(strict.shape, np.int32)
@@ -148,7 +163,7 @@ def grow_vertebrae(work: "Work") -> None:
     work.debug = dict(box=box, strict=strict, full=full, markers=markers, race=race)
     # Race 2: vertebra seeds within the spine, geodesically (flat image).
     m2 = np.where((race == 1) & (markers <= n), markers, 0)
-    labels = watershed(np.zeros(strict.shape, np.float32), markers=m2, mask=race == 1)
+    labels = watershed(-dist, markers=m2, mask=race == 1)
     labels[race == 2] = n + 1
     if not np.array_equal(full, strict):
         # Grow into the fuller mask: faint shells and marrow the strict mask missed.
@@ -166,9 +181,18 @@ def grow_vertebrae(work: "Work") -> None:
     in_disc = np.zeros(len(idx), bool)
     for k, disc in enumerate(work.discs):
         near = column & (idx > work.bodies[k].start) & (idx < work.bodies[k + 1].stop)
-        in_disc |= near & (np.abs(disc.offset(idx, u - bu, v - bv)) <= disc.half)
+        in_disc |= near & (np.abs(disc.offset(idx, u - bu, v - bv)) <= max(disc.half, MIN_DISC_HALF_MM / sp))
     in_disc &= hu_c < work.cortical_hu
     labels[tuple(c[in_disc] for c in coords)] = 0
+    # The end vertebrae must not claim bone beyond the column seen: above the top body there
+    # is at most its superior articular processes, below the lowest its spinous process; bone
+    # further out belongs to a vertebra whose body is not in view (the race had no seed for it).
+    lab_c = labels[coords]
+    lo_seen, hi_seen = work.seen
+    beyond = (lab_c == n) & (idx > hi_seen + END_REACH_MM[0] / sp)
+    if not work.sacrum:
+        beyond |= (lab_c == 1) & (idx < lo_seen - END_REACH_MM[1] / sp)
+    labels[tuple(c[beyond] for c in coords)] = 0
     _adopt_fragments(labels, other_mask, full, work, box, sub_line)
     out = np.zeros(work.hu.shape, np.int16)
     out[box] = labels

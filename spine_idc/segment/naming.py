@@ -64,6 +64,8 @@ SCALE_SPREAD = 1.4
 ONE_ANCHOR = 0.75
 TWO_ANCHORS = 0.92
 PER_LEVEL = 0.015
+#: A vertebra cut by the end of the view has its confidence multiplied by this.
+INCOMPLETE = 0.8
 #: Confidence given to vertebrae left unidentified (their masks may be fine; their names
 #: are not claimed).
 UNIDENTIFIED = 0.3
@@ -257,6 +259,8 @@ def name_vertebrae(
         else:
             base = TWO_ANCHORS if len(anchors) >= 2 else ONE_ANCHOR
             c = base - PER_LEVEL * min(abs(k - a) for a in anchor_k)
+        if not complete[k] and not (sacrum_like and k == 0):
+            c *= INCOMPLETE  # cut by the view: its far disc, and so its extent, is unseen
         conf.append(round(max(c, UNIDENTIFIED), 3))
     if transitional:
         warnings.append(

@@ -40,7 +40,12 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 #: How close (mm) a bone must come to the vertebra to articulate with it.
-CONTACT_MM = 6.0
+CONTACT_MM = 6.5
+#: The loose test for "no rib here": touching within this distance (mm), in zones widened by
+#: LOOSE_EXTRA_MM, running at least LOOSE_RIB_MM.
+LOOSE_CONTACT_MM = 9.0
+LOOSE_EXTRA_MM = 6.0
+LOOSE_RIB_MM = 25.0
 #: Where a rib may touch its vertebra: within this distance (mm) of the midline ...
 MEDIAL_MAX_MM = 46.0
 #: ... no further back (mm) than this behind the canal's centre (the costotransverse joints),
@@ -124,58 +129,93 @@ def find_ribs(work: "Work") -> list[RibSides]:
         idx = np.arange(s0, s1 + 1, max(1, int(round(res))))
         kw = dict(res=res, order=0, idx=idx)
         slab_other = sample_planes(other, work.line, half_u, (v_lo, v_hi), **kw) > 0.5
-        slab_self = sample_planes(labels, work.line, half_u, (v_lo, v_hi), **kw) == k + 1
+        slab_labels = sample_planes(labels, work.line, half_u, (v_lo, v_hi), **kw)
+        slab_self = slab_labels == k + 1
+        slab_others = (slab_labels > 0.5) & ~slab_self
         slab_in = sample_planes(inside, work.line, half_u, (v_lo, v_hi), **kw) > 0.5
         uu = np.arange(-half_u, half_u + 1e-9, res)[: slab_other.shape[1]] * sp
         vv = np.arange(v_lo, v_hi + 1e-9, res)[: slab_other.shape[2]] * sp
         c = int(round(b.centre))
         col = work.column
-        head = (
+        back_third = (col.centre_v[c] + 0.3 * col.half_depth[c]) * sp
+        strict = (
             (np.abs(uu)[:, None] <= MEDIAL_MAX_MM)
-            & (vv[None, :] >= (col.centre_v[c] + 0.3 * col.half_depth[c]) * sp)
-            & (vv[None, :] <= BACK_MAX_MM)
+            & (vv[None, :] >= back_third) & (vv[None, :] <= BACK_MAX_MM)
         )
-        out.append(_sides(slab_other, slab_self, slab_in, uu, head, SLAB_MM))
+        loose = (
+            (np.abs(uu)[:, None] <= MEDIAL_MAX_MM + LOOSE_EXTRA_MM)
+            & (vv[None, :] >= back_third - LOOSE_EXTRA_MM)
+            & (vv[None, :] <= BACK_MAX_MM + LOOSE_EXTRA_MM)
+        )
+        out.append(_sides(slab_other, slab_self, slab_others, slab_in, uu, strict, loose, SLAB_MM))
     return out
 
 
-def _sides(other, own, inside, uu, head, sp) -> RibSides:
+def _sides(other, own, others, inside, uu, strict, loose, sp) -> RibSides:
     """Rib states of one vertebra from its slab (``[plane, u, v]`` sampled every ``sp`` mm in
-    each direction, ``uu`` the u offsets in mm, ``head`` the ``(u, v)`` zone where a rib head
-    may touch it)."""
-    states, lengths = [], []
+    each direction, ``uu`` the u offsets in mm; ``strict`` and ``loose`` the ``(u, v)`` zones
+    where a rib may touch it).
+
+    Two passes, as a hysteresis: a side bears a rib if one is clear under the strict test
+    (touching within :data:`CONTACT_MM` in the joint zone, running :data:`MIN_RIB_MM`); it is
+    free of ribs only if nothing like one shows even under a loose test (touching within
+    :data:`LOOSE_CONTACT_MM` in a wider zone, running :data:`LOOSE_RIB_MM`); anything between
+    is ``unknown``.  A rib anchor needs a clear rib next to a clear absence, so that a rib
+    joint blurred a little differently cannot shift every name by one.  A piece that touches
+    a neighbouring vertebra (``others``) more than this one is the neighbour's rib (a rib
+    head sits between two bodies) and does not count here.
+    """
     if not own.any():
         return RibSides(RibState.UNKNOWN, RibState.UNKNOWN)
-    reach = max(1, int(round(CONTACT_MM / sp)))
-    near_own = ndimage.binary_dilation(own, iterations=reach)
-    lab, n = ndimage.label(other, structure=np.ones((3, 3, 3), bool))
+    near = {
+        d: ndimage.binary_dilation(own, iterations=max(1, int(round(d / sp))))
+        for d in (CONTACT_MM, LOOSE_CONTACT_MM)
+    }
+    near_others = ndimage.binary_dilation(others, iterations=max(1, int(round(CONTACT_MM / sp))))
+    states, lengths = [], []
     for sign in (1.0, -1.0):  # left (patient left = +u), then right
         side = (uu * sign > 0)[None, :, None]
+        # Pieces on this side only: whatever bridges the two sides under the body (bone the
+        # segmenter could not give to a vertebra) must not join the two ribs into one.
+        lab, n = ndimage.label(other & side, structure=np.ones((3, 3, 3), bool))
         visible = inside[:, (uu * sign >= 0) & (uu * sign <= 70.0), :]
         if visible.mean() < MIN_VISIBLE:
             states.append(RibState.UNKNOWN)
             lengths.append(0.0)
             continue
-        contact = near_own & other & side & head[None]
-        best = 0.0
-        if n and contact.any():
-            for c in np.unique(lab[contact]):
-                pts = np.argwhere(lab == c).astype(float)
-                touch = np.argwhere(contact & (lab == c)).astype(float)
-                # Only the piece's first LOCAL_MM from where it touches the vertebra counts:
-                # a first rib joins the clavicle and the manubrium further out, a lower rib
-                # the costal cartilages; what matters is how it leaves the spine.
-                d = np.linalg.norm(pts - touch.mean(axis=0)[None, :], axis=1) * sp
-                near = d <= LOCAL_MM
-                run = float(d[near].max())
-                section = int(near.sum()) * sp**3 / max(run, 1.0)
-                pts = pts[near]
-                if section > MAX_RIB_SECTION_MM2:
-                    continue
-                # Only the part on this side counts (a piece may cross under the body).
-                if np.mean(uu[pts[:, 1].astype(int)] * sign > 0) < 0.8:
-                    continue
-                best = max(best, run)
-        states.append(RibState.RIB if best >= MIN_RIB_MM else RibState.NONE)
-        lengths.append(round(best, 1))
+        clear = _longest_rib(lab, n, near[CONTACT_MM] & other & side & strict[None],
+                             near_others & other, uu, sign, sp)
+        faint = _longest_rib(lab, n, near[LOOSE_CONTACT_MM] & other & side & loose[None],
+                             near_others & other, uu, sign, sp)
+        if clear >= MIN_RIB_MM:
+            states.append(RibState.RIB)
+        elif faint < LOOSE_RIB_MM:
+            states.append(RibState.NONE)
+        else:
+            states.append(RibState.UNKNOWN)
+        lengths.append(round(clear, 1))
     return RibSides(states[0], states[1], lengths[0], lengths[1])
+
+
+def _longest_rib(lab, n, contact, contact_others, uu, sign, sp) -> float:
+    """The longest run (mm) of a slender piece of ``lab`` touching at ``contact`` more than
+    at ``contact_others``."""
+    best = 0.0
+    if not n or not contact.any():
+        return best
+    for c in np.unique(lab[contact]):
+        if np.count_nonzero(contact_others & (lab == c)) > np.count_nonzero(contact & (lab == c)):
+            continue
+        pts = np.argwhere(lab == c).astype(float)
+        touch = np.argwhere(contact & (lab == c)).astype(float)
+        # Only the piece's first LOCAL_MM from where it touches the vertebra counts: a
+        # first rib joins the clavicle and the manubrium further out, a lower rib the
+        # costal cartilages; what matters is how it leaves the spine.
+        d = np.linalg.norm(pts - touch.mean(axis=0)[None, :], axis=1) * sp
+        keep = d <= LOCAL_MM
+        run = float(d[keep].max())
+        section = int(keep.sum()) * sp**3 / max(run, 1.0)
+        if section > MAX_RIB_SECTION_MM2:
+            continue
+        best = max(best, run)
+    return best
