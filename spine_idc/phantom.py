@@ -39,6 +39,15 @@ NAMES = tuple(lv.name for lv in coding.LEVELS)  # C1 ... L5, sacrum in cranio-ca
 HU_MIN, HU_MAX = -1024, 3071  # what 12 stored bits with intercept -1024 can hold
 
 
+#: What :attr:`PhantomSpec.features` may hold.
+FEATURES = (
+    "faint", "thin-discs", "contrast-aorta", "crop-arches", "crop-side", "metal", "T13", "L6",
+    "sacralised-L5", "neighbours",
+)
+#: HU of metal (the largest value 12 stored bits hold).
+METAL_HU = 3071.0
+
+
 class Tissue(enum.IntEnum):
     """Tissue class of each voxel centre in :attr:`Phantom.tissues` (phantom-internal codes)."""
 
@@ -53,6 +62,7 @@ class Tissue(enum.IntEnum):
     CORTICAL = 8
     TRABECULAR = 9
     OTHER_BONE = 10  # ribs, sternum, ilium: bone that carries no vertebra label
+    METAL = 11  # pedicle screws
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +76,12 @@ class PhantomSpec:
     thoracic kyphosis and cervical lordosis scale with it), ``scoliosis_mm`` the lateral
     amplitude of a mild scoliotic curve, ``noise_hu`` the standard deviation of image noise.
     ``descending_order`` makes InstanceNumber run against the slice normal.
+
+    ``features`` make a phantom as hard as real CT (see :data:`FEATURES`): faint osteoporotic
+    bone, thin thoracic discs with sclerotic endplates, a contrast-filled aorta against the
+    bodies, crops through the arches or a body's side, metal with streaks, transitional
+    anatomy (``T13``, ``L6``, ``sacralised-L5``), and ``neighbours``: the levels just beyond
+    the view drawn and labelled too (a real scan always shows the next vertebra's edge).
     """
 
     seed: int
@@ -81,6 +97,7 @@ class PhantomSpec:
     scoliosis_mm: float = 0.0
     noise_hu: float = 15.0
     fov_offset_mm: float = 0.0
+    features: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -99,6 +116,18 @@ class Phantom:
     trabecular_hu_by_level: dict[str, float]
     tissues: Volume | None = None
     tissue_hu: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The levels in view by their true names, cranio-caudally (the transitional features
+        rename: with ``T13`` the geometric L1 is T13 and L2-L5 are L1-L4; with ``L6`` the
+        first sacral segment is a free L6)."""
+        out = []
+        for n in self.spec.levels:
+            if n == "sacrum" and "L6" in self.spec.features:
+                out.append("L6")
+            out.append(true_name(n, self.spec.features))
+        return tuple(out)
 
 
 # --- anatomy tables ----------------------------------------------------------------------
@@ -128,9 +157,9 @@ _TABLE = {
     "muscle": {0: 18, 7: 12, 18: 18, 20: 25, 24: 20},
 }
 # Ribs per thoracic level (T1..T12): end angle around the cage (deg), anterior drop (mm), radius.
-_RIB_END = (150, 155, 155, 155, 155, 155, 155, 145, 140, 135, 100, 75)
-_RIB_DROP = (25, 40, 55, 65, 70, 75, 80, 80, 75, 70, 45, 30)
-_RIB_R = (4.0, 4.5, 4.5, 4.8, 4.8, 5.0, 5.0, 5.0, 5.0, 5.0, 4.5, 4.0)
+_RIB_END = (150, 155, 155, 155, 155, 155, 155, 145, 140, 135, 100, 75, 65)
+_RIB_DROP = (25, 40, 55, 65, 70, 75, 80, 80, 75, 70, 45, 30, 25)
+_RIB_R = (4.0, 4.5, 4.5, 4.8, 4.8, 5.0, 5.0, 5.0, 5.0, 5.0, 4.5, 4.0, 3.8)
 # Sacral segments S1..S5: height, body width/depth, total width (alae), lateral-mass depth, canal.
 _SACRUM = np.array([  # h, Wb, Db, Wt, Dl, cw, cd
     [26, 48, 32, 100, 26, 22, 10], [22, 40, 24, 86, 22, 18, 8], [18, 32, 18, 66, 16, 14, 6],
@@ -140,6 +169,23 @@ _SACRUM = np.array([  # h, Wb, Db, Wt, Dl, cw, cd
 def _table(key: str, i) -> np.ndarray:
     pts = _TABLE[key]
     return np.interp(i, list(pts), list(pts.values()))
+
+
+def true_name(name: str, features=()) -> str:
+    """A geometric level's name in the anatomy ``features`` describe (see
+    :attr:`Phantom.names`)."""
+    if "T13" in features and name in ("L1", "L2", "L3", "L4", "L5"):
+        return "T13" if name == "L1" else f"L{int(name[1]) - 1}"
+    return name
+
+
+def _label_lut(features) -> np.ndarray:
+    """Owner index (0-23 mobile levels, 24 sacrum, 25 a free first sacral segment) -> value."""
+    lut = np.zeros(256, np.uint8)
+    for i, n in enumerate(NAMES):
+        lut[i] = coding.LEVEL_BY_NAME[true_name(n, features)].value
+    lut[25] = coding.L6_VALUE
+    return lut
 
 
 @dataclasses.dataclass
@@ -197,8 +243,12 @@ class _Model:
         return {k: float(np.interp(z, zk, v)) for k, v in self.knots.items()}
 
 
-def _build_model(seed: int, curvature_mm: float, scoliosis_mm: float) -> _Model:
-    """Place all 24 vertebrae and the sacrum; the draws do not depend on the spec's values."""
+def _build_model(seed: int, curvature_mm: float, scoliosis_mm: float, features=()) -> _Model:
+    """Place all 24 vertebrae and the sacrum; the draws do not depend on the spec's values.
+
+    ``features`` change the anatomy after every draw was made (from a stream of their own), so
+    a phantom without features is the same as before they existed.
+    """
     r = np.random.default_rng([seed, 1])
     idx = np.arange(24)
     scale = r.uniform(0.9, 1.1)
@@ -207,6 +257,13 @@ def _build_model(seed: int, curvature_mm: float, scoliosis_mm: float) -> _Model:
     prm["W"], prm["D"], prm["H"] = (prm[k] * scale * jit[n] for n, k in enumerate("WDH"))
     for k in ("disc", "cw", "cd", "tp", "tl", "sp_len", "sp_h", "tp_len"):
         prm[k] = prm[k] * scale
+    fr = np.random.default_rng([seed, 7])
+    if "thin-discs" in features:  # 3-4 mm thoracic discs
+        prm["disc"][7:19] = np.minimum(prm["disc"][7:19], fr.uniform(3.0, 4.0))
+    if "sacralised-L5" in features:  # L5's transverse processes grown into the sacral alae
+        prm["tp_len"][23] *= 1.7
+        prm["tp_hy"][23] *= 1.8
+        prm["tp_hz"][23] *= 2.2
     c = curvature_mm / 20.0  # 20 mm ~ a typical lordosis sagitta (about 50 degrees)
     draws = r.uniform(0.85, 1.15, 3)
     seg = np.zeros(24)
@@ -268,6 +325,15 @@ def _build_model(seed: int, curvature_mm: float, scoliosis_mm: float) -> _Model:
                  aorta_gap=r.uniform(2, 5), facet_gap=1.0, body_scale=r.uniform(0.85, 1.15),
                  body_scale_y=r.uniform(0.85, 1.1), fat=r.uniform(5, 25),
                  y_slack=r.uniform(-1, 1))
+    if "faint" in features:  # osteoporotic: thin, faint cortex (the marrow is the spec's)
+        hu["cortical"] = fr.uniform(350, 550)
+        const["cortex"] = fr.uniform(0.5, 0.9)
+    if "contrast-aorta" in features:  # arterial phase, the aorta lying against the bodies
+        hu["blood"] = fr.uniform(250, 450)
+        const["aorta_gap"] = 0.0
+    if "thin-discs" in features:  # sclerotic endplates: dense bone under each disc
+        const["sclerosis_hu"] = fr.uniform(150, 300)
+        const["sclerosis_mm"] = fr.uniform(1.5, 3.0)
     # Centre the lumbar spine about 60 mm behind the isocentre, as on a real table.
     shift = np.array([0.0, 60.0 - np.mean([v.c[1] for v in vert[19:24]]), 0.0])
     for part in vert + sacrum:
@@ -420,6 +486,7 @@ class _Canvas:
     dvert: np.ndarray = None  # SDF of vertebral bone drawn so far (min over levels)
     owner: np.ndarray = None  # level index (0-24) owning dvert; 255 where none
     dother: np.ndarray = None  # SDF of unlabelled bone (ribs, sternum, ilium)
+    boost: np.ndarray = None  # extra HU of dense (sclerotic) marrow under the endplates
 
     def __post_init__(self):
         shape = (len(self.z), len(self.y), len(self.x))
@@ -588,10 +655,18 @@ def _paint_level(cv: _Canvas, m: _Model, i: int, below: bool, drawn: bool) -> No
                                  (reach, back, H / 2 + p["d_above"] / 2 + 6))
         if sl is not None:
             cv.merge(cv.dvert, sl, _vertebra(p, u, v, w), m.const["facet_gap"], owner=i)
+            if "sclerosis_hu" in m.const:
+                band = ((_ellipse(u, v, W / 2, D / 2) < 0) & (v < 0.7 * D / 2)
+                        & (np.abs(w) > H / 2 - m.const["sclerosis_mm"]) & (np.abs(w) <= H / 2))
+                if cv.boost is None:
+                    cv.boost = np.zeros(cv.hu.shape, np.float32)
+                cv.boost[sl][band] = m.const["sclerosis_hu"]
 
 
-def _paint_sacrum(cv: _Canvas, m: _Model, drawn: bool) -> None:
-    """Sacral canal contents and (if ``drawn``) the sacrum as one fused bone."""
+def _paint_sacrum(cv: _Canvas, m: _Model, drawn: bool, free_s1: bool = False) -> None:
+    """Sacral canal contents and (if ``drawn``) the sacrum as one fused bone; with
+    ``free_s1`` its first segment is a separate bone (a lumbarised S1, labelled L6) with a
+    disc under it."""
     l5 = m.vert[23].p
     for k, seg in enumerate(m.sacrum):
         q = seg.p
@@ -610,8 +685,14 @@ def _paint_sacrum(cv: _Canvas, m: _Model, drawn: bool) -> None:
             sl, (u, v, w) = cv.local(seg, (-reach, -q["Db"] / 2 - 3, -q["h"] / 2 - 3),
                                      (reach, vc + q["cd"] / 2 + 14, top))
             if sl is not None:
-                cv.merge(cv.dvert, sl, _sacral_segment(seg, k, l5, u, v, w), m.const["facet_gap"],
-                         owner=24)
+                d = _sacral_segment(seg, k, l5, u, v, w)
+                owner = 25 if free_s1 and k == 0 else 24
+                if free_s1 and k == 1:  # a disc between the free S1 and the sacrum
+                    gap = _extrude(_ellipse(u, v, q["Wb"] / 2 + 1, q["Db"] / 2 + 1),
+                                   np.abs(w - q["h"] / 2 - 1) - 3.5)
+                    cv.blend(sl, gap, m.hu["annulus"], Tissue.DISC)
+                    d = np.maximum(d, -gap)
+                cv.merge(cv.dvert, sl, d, m.const["facet_gap"], owner=owner)
 
 
 def _tubes(cv: _Canvas, pts, radii, field, gap: float, paint=None) -> None:
@@ -653,14 +734,15 @@ def _rib(m: _Model, t: int, s: float) -> tuple[list[np.ndarray], list[float]]:
     return [head, neck] + shaft, [rr * 1.1, rr] + [rr * (1 - 0.15 * g) for g in frac]
 
 
-def _paint_context(cv: _Canvas, m: _Model, listed: list[int]) -> None:
-    """Aorta, ribs, sternum and iliac wings: anatomy around the labelled bone, never touching it."""
+def _paint_context(cv: _Canvas, m: _Model, listed: list[int], ribs: int = 12) -> None:
+    """Aorta, ribs (``ribs`` pairs from T1), sternum and iliac wings: anatomy around the
+    labelled bone, never touching it."""
     cs, hu = m.const, m.hu
     pts = [v.world((0.35 * v.p["W"], -(v.p["D"] / 2 + 12 + cs["aorta_gap"]), 0))
            for v in m.vert[10:23]]  # T4 to L4, anterior left of the bodies
     _tubes(cv, pts, list(np.linspace(12, 9, len(pts)) * cs["body_scale"]), None, cs["aorta_gap"],
            paint=(hu["blood"], Tissue.BLOOD))
-    for t in range(12):
+    for t in range(ribs):
         if 7 + t <= max(listed):  # ribs of levels below the view never reach up into it
             for s in (-1.0, 1.0):
                 _tubes(cv, *_rib(m, t, s), cv.dother, cs["rib_gap"])
@@ -673,24 +755,34 @@ def _paint_context(cv: _Canvas, m: _Model, listed: list[int]) -> None:
         Z, Y, X = cv.coords(sl)
         cv.merge(cv.dother, sl, _obox(X, Y, Z, cen, _EYE, half, 4.0), cs["rib_gap"])
     if max(listed) >= 22:  # iliac wings beside the sacrum, across the sacroiliac joints
+        # From S4 up to the iliac crests beside L4: at the sacrum's level the wing lies
+        # against the sacroiliac joint; above it, it flares outwards (the crest runs lateral to
+        # L5 and L4), in four bands.
         s0, s1 = m.sacrum[0], m.sacrum[1]
-        ztop, zbot = float(m.vert[23].c[2] + 5), float(m.sacrum[3].c[2] - 10)
+        zbot = float(m.sacrum[3].c[2] - 10)
+        zsi = float(s0.world((0, 0, s0.p["h"] / 2))[2])
+        ztop = float(m.vert[22].c[2])
+        bands = [(zbot, zsi, 0.0)] + [
+            (zsi + (ztop - zsi) * k / 3, zsi + (ztop - zsi) * (k + 1) / 3, 6.0 + 7.0 * k)
+            for k in range(3)
+        ]
         for s in (-1.0, 1.0):
             si = (s0.world((s * s0.p["Wt"] / 2, 0.3 * s0.p["Db"], 0))
                   + s1.world((s * s1.p["Wt"] / 2, 0.3 * s1.p["Db"], 0))) / 2
             g = cs["si_gap"]
-            xy = [si[:2] + np.array([s * dx, dy]) for dx, dy in
-                  ((g + 8, 8), (g + 30, -30), (g + 60, -75), (g + 72, -112))]
-            for a, b, th in zip(xy[:-1], xy[1:], (16.0, 8.0, 6.0)):
-                e1 = (b - a) / np.linalg.norm(b - a)
-                cen = np.append((a + b) / 2, (ztop + zbot) / 2)
-                half = (float(np.linalg.norm(b - a)) / 2 + th / 2, th / 2, (ztop - zbot) / 2)
-                r = float(np.hypot(half[0], half[1])) + 1
-                sl = cv.window(cen - [r, r, half[2]], cen + [r, r, half[2]])
-                if sl is not None:
-                    Z, Y, X = cv.coords(sl)
-                    axes = ((e1[0], e1[1], 0), (-e1[1], e1[0], 0), (0, 0, 1))
-                    cv.merge(cv.dother, sl, _obox(X, Y, Z, cen, axes, half, 0.45 * th), g)
+            for z0, z1, flare in bands:
+                xy = [si[:2] + np.array([s * (dx + flare), dy]) for dx, dy in
+                      ((g + 8, 8), (g + 30, -30), (g + 60, -75), (g + 72, -112))]
+                for a, b, th in zip(xy[:-1], xy[1:], (16.0, 8.0, 6.0)):
+                    e1 = (b - a) / np.linalg.norm(b - a)
+                    cen = np.append((a + b) / 2, (z0 + z1) / 2)
+                    half = (float(np.linalg.norm(b - a)) / 2 + th / 2, th / 2, (z1 - z0) / 2 + 1)
+                    r = float(np.hypot(half[0], half[1])) + 1
+                    sl = cv.window(cen - [r, r, half[2]], cen + [r, r, half[2]])
+                    if sl is not None:
+                        Z, Y, X = cv.coords(sl)
+                        axes = ((e1[0], e1[1], 0), (-e1[1], e1[0], 0), (0, 0, 1))
+                        cv.merge(cv.dother, sl, _obox(X, Y, Z, cen, axes, half, 0.45 * th), g)
 
 
 def _paint_bone(cv: _Canvas, field, trab, cortical: float, t: float, labelled: bool,
@@ -702,6 +794,8 @@ def _paint_bone(cv: _Canvas, field, trab, cortical: float, t: float, labelled: b
     f_in = np.clip(0.5 - (d + t) / cv.delta, 0, 1)
     if labelled:
         trab = trab[np.minimum(cv.owner.ravel()[idx], len(trab) - 1)]
+        if cv.boost is not None:
+            trab = trab + cv.boost.ravel()[idx]
     h = cv.hu.ravel()[idx]
     cv.hu.ravel()[idx] = h * (1 - f_out) + cortical * (f_out - f_in) + trab * f_in
     inside = d < 0
@@ -711,6 +805,53 @@ def _paint_bone(cv: _Canvas, field, trab, cortical: float, t: float, labelled: b
         labels.ravel()[where] = lut[cv.owner.ravel()[where]]
     else:
         cv.tis.ravel()[where] = Tissue.OTHER_BONE
+
+
+def _paint_metal(cv: _Canvas, m: _Model, listed: list[int], seed: int) -> None:
+    """Pedicle screws in one level of the view, with the streaks metal leaves in a CT.
+
+    Two 3 mm rods enter the pedicles from behind and run into the body.  Streaks are painted
+    into each slice near them: bright and dark bands through the screws' centre at a few
+    angles, fading with distance (the reconstruction's beam hardening and photon starvation
+    look like this; their exact physics does not matter here, their confusing the bone's
+    outline does).
+    """
+    r = np.random.default_rng([seed, 8])
+    mobile = [i for i in listed if i < 24]
+    if not mobile:
+        return
+    i = mobile[len(mobile) // 2]
+    part = m.vert[i]
+    p = part.p
+    vc = 0.7 * p["D"] / 2 + p["cd"] / 2
+    centres = []
+    for s_ in (-1.0, 1.0):
+        a = part.world((s_ * (p["cw"] / 2 + 0.5 * p["tp"]), vc + p["cd"] / 2 + 8, 0.1 * p["H"]))
+        b = part.world((s_ * 5.0, -0.25 * p["D"], 0.0))
+        sl = cv.window(np.minimum(a, b) - 4, np.maximum(a, b) + 4)
+        if sl is None:
+            continue
+        Z, Y, X = cv.coords(sl)
+        inside = _capsule(X, Y, Z, a, b, 3.0, 3.0) < 0
+        cv.hu[sl][inside] = METAL_HU
+        cv.tis[sl][inside] = Tissue.METAL
+        centres.append((a + b) / 2)
+    if not centres:
+        return
+    c = np.mean(centres, axis=0)
+    X, Y = np.meshgrid(cv.x, cv.y)  # [y, x]
+    dx, dy = X - c[0], Y - c[1]
+    dist = np.hypot(dx, dy)
+    angles = r.uniform(0, np.pi, 6)
+    streak = np.zeros(X.shape, np.float32)
+    for k, th in enumerate(angles):
+        across = np.abs(-np.sin(th) * dx + np.cos(th) * dy)
+        sign = 1.0 if k % 2 else -1.0
+        streak += sign * r.uniform(150, 350) * np.exp(-0.5 * (across / 1.5) ** 2)
+    streak *= np.exp(-dist / 80.0)
+    for k, z in enumerate(cv.z):
+        if abs(z - c[2]) < 12:
+            cv.hu[k] += streak * np.float32(1 - abs(z - c[2]) / 12)
 
 
 def _acquire(cv: _Canvas, spec: PhantomSpec) -> np.ndarray:
@@ -750,6 +891,18 @@ def _canvas(spec: PhantomSpec, m: _Model) -> _Canvas:
     else:  # too small a field of view for this patient: cut the front, keep the back
         yc = ymax + 10 - fov / 2
     x0 = round(-(nx - 1) / 2 * ps, 4)
+    names = [n for n in spec.levels if n != "sacrum"] or ["L5"]
+    parts = [m.vert[NAMES.index(n)] for n in names]
+    if "crop-arches" in spec.features:
+        # The view ends just behind the canal, through the laminae (a crop around the aorta
+        # or the bodies, as cardiac and angiographic reconstructions are).
+        back = max(float(q.c[1]) + 0.7 * q.p["D"] / 2 + 0.8 * q.p["cd"] for q in parts)
+        yc = back - fov / 2
+    if "crop-side" in spec.features:
+        # The view's left edge runs through the bodies, a quarter of their width left of the
+        # midline.
+        xs = float(np.mean([q.c[0] for q in parts]))
+        x0 = round(xs + 0.25 * float(np.mean([q.p["W"] for q in parts])) - (nx - 1) * ps, 4)
     y0 = round(yc - fov / 2, 4)
     return _Canvas(x0 + ps * np.arange(nx), y0 + ps * np.arange(ny), z, ps)
 
@@ -785,6 +938,9 @@ def _check(spec: PhantomSpec) -> list[int]:
         raise ValueError(f"levels must be contiguous and cranio-caudal, got {spec.levels}")
     if min(spec.shape) < 1 or spec.pixel_spacing_mm <= 0 or spec.slice_spacing_mm <= 0:
         raise ValueError(f"bad grid in {spec}")
+    unknown = set(spec.features) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown phantom features {sorted(unknown)}; known: {FEATURES}")
     return listed
 
 
@@ -805,7 +961,8 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
         grid of the series :func:`write_dicom_series` writes.
     """
     listed = _check(spec)
-    m = _build_model(spec.seed, spec.curvature_mm, spec.scoliosis_mm)
+    feats = spec.features
+    m = _build_model(spec.seed, spec.curvature_mm, spec.scoliosis_mm, feats)
     cv = _canvas(spec, m)
     for name in spec.levels:
         lo, hi = m.core(name)
@@ -813,20 +970,21 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
             raise ValueError(f"level {name} is outside the field of view of {spec}")
     _paint_background(cv, m, spec.seed)
     context = range(max(0, listed[0] - 1), min(24, listed[-1] + 1) + 1)
+    neighbours = "neighbours" in feats
     for i in context:
         if i == 24:
-            _paint_sacrum(cv, m, 24 in listed)
+            _paint_sacrum(cv, m, 24 in listed or neighbours, free_s1="L6" in feats)
         else:
-            _paint_level(cv, m, i, below=i + 1 in context, drawn=i in listed)
-    _paint_context(cv, m, listed)
+            _paint_level(cv, m, i, below=i + 1 in context, drawn=i in listed or neighbours)
+    _paint_context(cv, m, listed, ribs=13 if "T13" in feats else 12)
     cortical, cortex = m.hu["cortical"], m.const["cortex"]
     trab = (spec.trabecular_hu * m.trab_factor).astype(np.float32)
     _paint_bone(cv, cv.dother, 0.8 * spec.trabecular_hu, cortical, cortex, False)
     labels = np.zeros_like(cv.tis)
-    lut = np.zeros(256, np.uint8)
-    lut[:25] = [coding.LEVEL_BY_NAME[n].value for n in NAMES]
-    _paint_bone(cv, cv.dvert, trab, cortical, cortex, True, labels, lut)
+    _paint_bone(cv, cv.dvert, trab, cortical, cortex, True, labels, _label_lut(feats))
     del cv.dvert, cv.dother, cv.owner
+    if "metal" in feats:
+        _paint_metal(cv, m, listed, spec.seed)
     ct = _acquire(cv, spec)
     affine = _affine(cv, spec)
     pos = spec.patient_position
@@ -835,7 +993,7 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
         spec=spec,
         ct=Volume(_oriented(ct, pos), affine),
         labels=Volume(_oriented(labels, pos), affine.copy()),
-        trabecular_hu_by_level={NAMES[i]: float(trab[i]) for i in listed},
+        trabecular_hu_by_level={true_name(NAMES[i], feats): float(trab[i]) for i in listed},
         tissues=Volume(_oriented(cv.tis, pos), affine.copy()),
         tissue_hu={k: float(v) for k, v in hu.items()},
     )
@@ -923,6 +1081,47 @@ def spec_for_seed(seed: int, *, size: str = "test", levels=None) -> PhantomSpec:
         trabecular_hu=trab, curvature_mm=curvature, patient_position=position,
         descending_order=descending, scoliosis_mm=scoliosis, noise_hu=noise,
         fov_offset_mm=round(zc - m.span_centre(names), 4))
+
+
+#: Scenarios as hard as the real CTs the classical segmenter failed on, each reproducing one
+#: failure: name -> (levels, features, slice spacing and thickness in mm or None to keep the
+#: seed's, trabecular HU range or None).  Every one also draws the neighbouring levels.
+HARD_SCENARIOS: dict[str, tuple] = {
+    # a 3 mm abdomen-pelvis CT: faint cortex, osteoporotic marrow, iliac wings and SI joints
+    "abdomen-3mm-faint": (("T12", "sacrum"), ("faint",), 3.0, (60, 110)),
+    # a thorax from the shoulders: thin discs with sclerotic endplates, 2 mm slices
+    "thorax-thin-discs": (("C7", "T11"), ("thin-discs",), 2.0, None),
+    # a cropped CT angiography: contrast against the bodies, arches cut, no sacrum, no
+    # rib ends in view
+    "cta-crop": (("T5", "T12"), ("contrast-aorta", "crop-arches"), 1.5, None),
+    # the view's edge through the bodies' left side
+    "crop-side": (("T10", "L3"), ("crop-side",), None, None),
+    # pedicle screws and their streaks
+    "metal": (("T11", "sacrum"), ("metal",), None, None),
+    # transitional anatomy
+    "T13": (("T1", "sacrum"), ("T13",), 3.0, None),
+    "L6": (("T10", "sacrum"), ("L6",), None, None),
+    "sacralised-L5": (("T11", "sacrum"), ("sacralised-L5",), None, None),
+}
+
+
+def hard_spec(scenario: str, seed: int, *, size: str = "test") -> PhantomSpec:
+    """The phantom spec of a hard ``scenario`` (see :data:`HARD_SCENARIOS`) for ``seed``."""
+    if scenario not in HARD_SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {sorted(HARD_SCENARIOS)}")
+    (first, last), features, slices, trab = HARD_SCENARIOS[scenario]
+    levels = NAMES[NAMES.index(first): NAMES.index(last) + 1]
+    spec = spec_for_seed(seed, size=size, levels=levels)
+    r = np.random.default_rng([int(seed), 9])
+    changes = dict(features=tuple(features) + ("neighbours",))
+    if trab is not None:
+        changes["trabecular_hu"] = round(float(r.uniform(*trab)), 1)
+    if slices is not None and size == "test":
+        span = (spec.shape[2] - 1) * spec.slice_spacing_mm
+        nz = int(round(span / slices)) + 1
+        changes.update(slice_spacing_mm=slices, slice_thickness_mm=slices,
+                       shape=(spec.shape[0], spec.shape[1], nz))
+    return dataclasses.replace(spec, **changes)
 
 
 def write_dicom_series(phantom: Phantom, out_dir: Path, *, series_instance_uid: str | None = None,

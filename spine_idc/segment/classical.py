@@ -71,6 +71,7 @@ class Work:
     found_discs: list[Disc] = dataclasses.field(default_factory=list)
     seen: tuple[int, int] = (0, 0)  # first and last plane the column was seen in
     probe: bool = False  # bodies[0] is a tentative segment below the lowest disc (the sacrum?)
+    probe_replaced: list = dataclasses.field(default_factory=list)  # what the probe stood for
     canal_r: float = 0.0
     canal_hw: float = 0.0
     planes: Straightened | None = None
@@ -300,6 +301,7 @@ def _probe_below(work: Work) -> None:
     start = max(0, int(round(top - PROBE_MM / sp)))
     ref = min(work.bodies, key=lambda b: b.start)
     probe = BodyRun(start, top, ref.width, ref.depth)
+    work.probe_replaced = [b for b in work.bodies if b.start <= lowest.centre]
     work.bodies = [b for b in work.bodies if b.start > lowest.centre]
     work.bodies.insert(0, probe)
     work.probe = True

@@ -77,6 +77,8 @@ GAP_RATIO = (0.7, 1.43)
 #: Penalties per unit of |log(ratio)|: against the size prior, and between neighbours.
 SIZE_COST = 0.5
 RHYTHM_COST = 0.6
+#: Cost of starting a new chain of discs after an earlier one (a stretch without a rhythm).
+RESTART_COST = 0.8
 
 
 @dataclasses.dataclass
@@ -237,9 +239,24 @@ def choose_discs(evidence: np.ndarray, spacing: float, width: np.ndarray | None 
     value: dict[tuple[int, int], float] = {}
     back: dict[tuple[int, int], tuple[int, int] | None] = {}
     ending: dict[int, list[tuple[int, int]]] = {}
+    best_end = np.full(m, -np.inf)  # best chain ending at peak i (any link)
     for j in range(m):
         key = (j, -1)
         value[key], back[key] = gain[j], None
+        # A chain may also restart here after an earlier one, across a stretch where discs
+        # were not seen (a missed disc, a change of rhythm): at a cost, and with no rhythm
+        # carried over.  The levels of that stretch are then checked by their lengths.
+        def skipped(i: int) -> bool:  # too long for one level: at least one disc unseen
+            typical = period[(peaks[i] + peaks[j]) // 2]
+            limit = PERIOD_TOLERANCE[1] * typical if np.isfinite(typical) else g_hi
+            return peaks[j] - peaks[i] > min(limit, g_hi)
+
+        before = [i for i in range(j) if skipped(i)]
+        if before:
+            i = max(before, key=lambda q: best_end[q])
+            if best_end[i] - RESTART_COST > 0:
+                value[key] = gain[j] + best_end[i] - RESTART_COST
+                back[key] = max(ending[i], key=value.get)
         ending.setdefault(j, []).append(key)
         for i in range(j - 1, -1, -1):
             gap = peaks[j] - peaks[i]
@@ -271,6 +288,7 @@ def choose_discs(evidence: np.ndarray, spacing: float, width: np.ndarray | None 
             key = (j, i)
             value[key], back[key] = best + gain[j] - size_pen, arg
             ending[j].append(key)
+        best_end[j] = max(value[k] for k in ending[j])
     key = max(value, key=value.get)
     if value[key] <= 0:
         return []
@@ -278,7 +296,31 @@ def choose_discs(evidence: np.ndarray, spacing: float, width: np.ndarray | None 
     while key is not None:
         chain.append(int(peaks[key[0]]))
         key = back[key]
-    return sorted(chain)
+    return _fill_long_levels(sorted(chain), peaks, e, period)
+
+
+def _fill_long_levels(chain: list[int], peaks: np.ndarray, e: np.ndarray, period: np.ndarray
+                      ) -> list[int]:
+    """Discs inside stretches of the chain too long for one level (where a restart skipped
+    them): the strongest peaks there, strongest first, each at least
+    :data:`PERIOD_TOLERANCE`\\ [0] of the rhythm from the discs already placed."""
+    if len(chain) < 2:
+        return chain
+    gaps = np.diff(chain)
+    out = list(chain)
+    for a, b in zip(chain[:-1], chain[1:]):
+        typical = period[(a + b) // 2]
+        if not np.isfinite(typical):
+            typical = float(np.median(gaps))
+        if b - a <= PERIOD_TOLERANCE[1] * typical:
+            continue
+        placed = [a, b]
+        inside = [int(p) for p in peaks if a < p < b]
+        for p in sorted(inside, key=lambda q: -e[q]):
+            if all(abs(p - q) >= PERIOD_TOLERANCE[0] * typical for q in placed):
+                placed.append(p)
+        out.extend(placed[2:])
+    return sorted(out)
 
 
 def refine_discs(profile: np.ndarray, evidence: np.ndarray, centres: list[int], spacing: float

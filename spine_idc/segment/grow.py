@@ -278,11 +278,12 @@ def _merge_sacrum(work: "Work", full: np.ndarray, inside: np.ndarray, line: Cent
     work.sacrum_evidence = ev
     work.sacrum = ev.index is not None
     if work.probe and ev.index != 0:
-        # The tentative segment under the lowest disc is not the sacrum's top: drop it.
-        work.bodies = work.bodies[1:]
+        # The tentative segment under the lowest disc is not the sacrum's top: put back what
+        # was seen there (a vertebra cut by the view), or nothing.
+        work.bodies = list(work.probe_replaced) + work.bodies[1:]
         work.probe = False
         if ev.index is not None:
-            ev.index -= 1
+            ev.index += len(work.probe_replaced) - 1
     if not work.sacrum:
         return
     j = ev.index

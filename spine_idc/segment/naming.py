@@ -200,7 +200,9 @@ def name_vertebrae(
             lumbar = low - 1
             if lumbar == 6:
                 transitional = transitional or "L6"
-            if lumbar in (5, 6):
+            # With a thirteenth rib-bearing vertebra the lumbar count is 4 or 5 (VerSe counts
+            # T13 as an extra; the sacrum still follows the last lumbar vertebra).
+            if lumbar in (5, 6) or (transitional == "T13" and lumbar == 4):
                 names[0] = "sacrum"
             elif sacrum_anchor or lumbar >= 0:
                 warnings.append(

@@ -47,7 +47,7 @@ ILIUM_PLANES = 0.5
 #: How far up the column (mm) from its caudal end the sacrum's top may lie, and among how
 #: many of the lowest segments it is looked for.
 MAX_HEIGHT_MM = 130.0
-LOWEST = 5
+LOWEST = 10
 #: A band less than this fraction inside the CT's view cannot show what is there.
 MIN_VISIBLE = 0.8
 
