@@ -30,8 +30,11 @@ def test_rows_and_failures(tmp_path):
     layout.path("convert", ok, tmp_path).mkdir(parents=True)
     layout.path("segment", ok, tmp_path).mkdir(parents=True)
     record = {"series_key": ok, "series_instance_uid": ok, "study_instance_uid": "1.2.3",
-              "measurements": [_measurement("L1", 20), _measurement("L2", 21)],
-              "qc": {"flags": {"21": ["implausible-size"]}}}
+              "measurements": [_measurement("L1", 20), _measurement("L2", 21),
+                               _measurement("L3", 22)],
+              # L3's name is less sure than the cut-off (counted far from its anchor)
+              "qc": {"flags": {"21": ["implausible-size"]}, "confidence": 0.9,
+                     "vertebrae": [{"label": 22, "confidence": 0.4}]}}
     measured = layout.path("measure", ok, tmp_path)
     measured.parent.mkdir(parents=True)
     measured.write_text(json.dumps(record))
@@ -44,18 +47,19 @@ def test_rows_and_failures(tmp_path):
     out = tmp_path / "cohort"
     n, failed = write_cohort(tmp_path / "m.tsv", out / "m.parquet", out / "m.csv", out / "f.csv",
                              root=tmp_path)
-    assert (n, failed) == (2, 2)
+    assert (n, failed) == (3, 2)
     table = pd.read_parquet(out / "m.parquet")
-    assert list(table["level"]) == ["L1", "L2"]
-    assert list(table["qc_flags"]) == ["", "implausible-size"]
-    assert list(table["qc_pass"]) == [True, False]
+    assert list(table["level"]) == ["L1", "L2", "L3"]
+    assert list(table["qc_flags"]) == ["", "implausible-size", ""]
+    assert list(table["name_confidence"]) == [0.9, 0.9, 0.4]
+    assert list(table["qc_pass"]) == [True, False, False]
     assert table["seg_path"].iloc[0] == f"results/series/{ok}/seg.dcm"
     fails = pd.read_csv(out / "f.csv", dtype=str).set_index("series_key")
     assert fails.loc[bad_convert, "reason"] == "missing-slices"
     assert fails.loc[bad_convert, "stage"] == "convert"
     assert fails.loc[bad_convert, "path"] == "a.dcm"
     assert fails.loc[bad_segment, "stage"] == "segment"
-    assert pd.read_csv(out / "m.csv").shape[0] == 2
+    assert pd.read_csv(out / "m.csv").shape[0] == 3
 
 
 def test_series_without_outcome_is_an_error(tmp_path):

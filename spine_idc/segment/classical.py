@@ -94,6 +94,10 @@ CANAL_GRID_MM = 2.0
 #: where the cortex allows (half the brightness of a 2 mm cortex blurred with soft tissue).
 JOINT_ABOVE_BONE_HU = 60.0
 JOINT_HU = 250.0
+#: Vertebral bodies are marrow inside a thin shell: the median HU of the column's core is
+#: that of trabecular bone (about 100-300 HU in adults, higher in sclerosis but not along
+#: the whole column).  Above this the 'column' is solid cortical bone (a skull, a plate).
+MAX_MARROW_HU = 600.0
 #: The shortest canal (mm along the body axis) that counts as a spine.
 MIN_CANAL_MM = 20.0
 
@@ -223,6 +227,12 @@ class ClassicalBackend:
             )
         lo, hi = int(seen[0]), int(seen[-1])
         work.seen = (lo, hi)
+        core_hu = float(np.nanmedian(col.profile[lo: hi + 1]))
+        if core_hu > MAX_MARROW_HU:
+            raise SegmentationError(
+                series_key, "no-spine", f"the column in front of the canal-like tube is solid "
+                f"bone ({core_hu:.0f} HU at its core), not vertebral bodies with marrow"
+            )
         # Two passes: the rhythm of a first evidence sets how far a disc's endplates may lie
         # from its centre in the second.
         first = disc_evidence(col.profile, sp)

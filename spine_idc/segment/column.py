@@ -44,6 +44,9 @@ V_RANGE_MM = (-85.0, 40.0)
 MAX_DEPTH_TO_WIDTH = 1.15
 #: Inner part of the outline whose mean HU makes the disc profile.
 CORE_FRACTION = 0.7
+#: Across the body, a dip below the threshold shorter than this (mm) with bone beyond it is
+#: faint marrow, not the body's side (osteoporotic or noisy scans).
+LATERAL_GAP_MM = 3.0
 
 
 @dataclasses.dataclass
@@ -113,6 +116,7 @@ def measure_column(planes: np.ndarray, uu: np.ndarray, vv: np.ndarray, spacing: 
     half_w = np.full(n, np.nan)
     canal_hw = np.full(n, np.nan)
     max_gap = max(1, int(round(mm(2.5))))
+    lateral_gap = max(1, int(round(mm(LATERAL_GAP_MM))))
     for s in range(n):
         prof = midline[s]
         j = v0
@@ -134,18 +138,16 @@ def measure_column(planes: np.ndarray, uu: np.ndarray, vv: np.ndarray, spacing: 
         front = k + 1
         if back - front < mm(6):
             continue
-        mid = int(round(front + 0.45 * (back - front)))
-        row = smooth[s, :, max(0, mid - int(mm(2))): mid + int(mm(2)) + 1].mean(axis=1)
-        left = u0
-        while left < nu - 1 and row[left + 1] >= threshold:
-            left += 1
-        right = u0
-        while right > 0 and row[right - 1] >= threshold:
-            right -= 1
-        a, b = left - u0, u0 - right
-        if min(a, b) < mm(3):
+        # The width across the body's middle, and a centimetre or so in front of the canal: a
+        # front edge fused with something in front (a contrast-filled aorta) puts the middle
+        # too far forward, where the body narrows; the median of the three is the body's.
+        mids = {int(round(front + 0.45 * (back - front)))}
+        mids |= {max(front + int(mm(2)), back - int(mm(d))) for d in (10.0, 16.0)}
+        widths = [w for w in (_half_width(smooth[s], m, u0, threshold, mm, lateral_gap)
+                              for m in sorted(mids)) if w is not None]
+        if not widths:
             continue
-        half_w[s] = min(a, b) if max(a, b) > 1.3 * min(a, b) else 0.5 * (a + b)
+        half_w[s] = float(np.median(widths))
         # The canal's half-width: dark on both sides of its centre, to the nearer wall.
         row = smooth[s, :, max(0, v0 - int(mm(1))): v0 + int(mm(1)) + 1].mean(axis=1)
         left = u0
@@ -184,6 +186,29 @@ def measure_column(planes: np.ndarray, uu: np.ndarray, vv: np.ndarray, spacing: 
         centre_u=centre_u, centre_v=centre_v, half_width=half_w, half_depth=half_d,
         canal_front=back, canal_half_width=canal_hw, found=found, profile=profile, body_hu=body_hu, threshold=threshold,
     )
+
+
+def _half_width(plane: np.ndarray, mid: int, u0: int, threshold: float, mm, gap: int
+                ) -> float | None:
+    """Half-width of the body along the row at depth ``mid`` of one plane (``None`` when
+    under 3 mm): from the midline out to where it falls below ``threshold`` on each side,
+    the nearer side where they differ by more than 30 % (something lateral fused to the
+    other).  Faint, noisy marrow dips below the threshold here and there inside the body: a
+    dip shorter than ``gap`` with bone beyond it is still the body."""
+    nu = plane.shape[0]
+    row = plane[:, max(0, mid - int(mm(2))): mid + int(mm(2)) + 1].mean(axis=1)
+    left = u0
+    while left < nu - 1 and (row[left + 1] >= threshold
+                             or (row[left + 2: left + 2 + gap] >= threshold).any()):
+        left += 1
+    right = u0
+    while right > 0 and (row[right - 1] >= threshold
+                         or (row[max(0, right - 1 - gap): right - 1] >= threshold).any()):
+        right -= 1
+    a, b = left - u0, u0 - right
+    if min(a, b) < mm(3):
+        return None
+    return float(min(a, b) if max(a, b) > 1.3 * min(a, b) else 0.5 * (a + b))
 
 
 def _core_profile(planes, uu, vv, cu, cv, hw, hd) -> np.ndarray:

@@ -138,6 +138,8 @@ def name_vertebrae(
 
     first = 1 if sacrum_like else 0
     bearing = [k for k in range(first, n) if ribs[k].count > 0]
+    # The end of the rib cage names a level only where ribs articulate on both sides: a rib
+    # seen on one side only may be a remnant, or a piece of the other side's rib missed.
     low = high = None
     if bearing:
         # The rib cage must be one run: a vertebra seen free of ribs between two rib-bearing
@@ -152,14 +154,14 @@ def name_vertebrae(
             t = min(bearing)
             below = t - 1
             if (
-                below >= first and ribs[below].free and complete[below]
+                ribs[t].both and below >= first and ribs[below].free and complete[below]
                 and not (sacrum_like and below == 0)
             ):
                 low = t
                 anchors.append(Anchor("lowest-rib", pos(t), "T12"))
             h = max(bearing)
             above = h + 1
-            if above < n and ribs[above].free and complete[above]:
+            if ribs[h].both and above < n and ribs[above].free and complete[above]:
                 high = h
                 anchors.append(Anchor("highest-rib", pos(h), "T1"))
 
