@@ -167,8 +167,9 @@ LEVELS: tuple[Level, ...] = tuple(
 #: vertebra (CID 7603 stops at T12 and L5), so they are coded as the generic vertebra and named
 #: by their segment label.
 EXTRA_ROWS: tuple[Level, ...] = (
-    Level("T13", T13_VALUE, Region.THORACIC, VERTEBRA_GENERIC, _colour(len(_NAMES) + 2)),
-    Level("L6", L6_VALUE, Region.LUMBAR, VERTEBRA_GENERIC, _colour(len(_NAMES) + 3)),
+    # Colour indices chosen so that each differs clearly from the levels it sits between.
+    Level("T13", T13_VALUE, Region.THORACIC, VERTEBRA_GENERIC, _colour(55)),
+    Level("L6", L6_VALUE, Region.LUMBAR, VERTEBRA_GENERIC, _colour(32)),
     Level("S1", S1_VALUE, Region.SACRAL, Code("65985001", "SCT", "S1 vertebra"),
           _colour(len(_NAMES))),
     # TotalSegmentator's colour for the cord.

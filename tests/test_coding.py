@@ -99,7 +99,9 @@ def test_label_values_keep_verse_meanings():
     values = [lv.value for lv in coding.LABEL_TABLE]
     assert len(set(values)) == len(values)
     assert len({lv.name for lv in coding.LABEL_TABLE}) == len(values)
-    assert not {25, 27, 28} & set(values)  # VerSe's L6, coccyx and T13 stay free
+    assert 27 not in values  # VerSe's coccyx stays free
+    # VerSe's transitional levels, with VerSe's values (checked against VERSE above)
+    assert coding.LEVEL_BY_NAME["L6"].value == 25 and coding.LEVEL_BY_NAME["T13"].value == 28
     assert coding.LEVEL_BY_NAME["S1"].value == coding.S1_VALUE == 29
     assert coding.LEVEL_BY_NAME["spinal_cord"].value == coding.SPINAL_CORD_VALUE == 60
     assert max(values) < coding.UNIDENTIFIED_BASE
