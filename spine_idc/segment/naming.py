@@ -248,7 +248,15 @@ def name_vertebrae(
     for k in unnamed:
         names[k] = None
 
-    problem = _rib_mismatch(names, ribs) or _spacing_mismatch(names, level_mm)
+    # A vertebra cut by the view that shows no ribs where its name needs them: its rib heads
+    # may lie outside the view, or it is a piece that is not the vertebra the count gives.
+    # Its name alone is withheld; the count from the anchors stands for the others.
+    for k in range(n):
+        if names[k] in _T[1:11] and ribs[k].free and not complete[k]:
+            warnings.append(f"the vertebra counted as {names[k]} is cut by the view and shows no "
+                            "ribs: its name is withheld")
+            names[k] = None
+    problem = _rib_mismatch(names, ribs, complete) or _spacing_mismatch(names, level_mm)
     if problem:
         warnings.append(problem + ": levels are left unidentified")
         return unidentified(n, anchors, warnings, conflict=True)
@@ -281,13 +289,15 @@ def name_vertebrae(
                   identified=True, transitional=transitional)
 
 
-def _rib_mismatch(names: list[str], ribs: list[RibSides]) -> str | None:
-    for nm, r in zip(names, ribs):
+def _rib_mismatch(names: list[str], ribs: list[RibSides], complete: list[bool]) -> str | None:
+    for nm, r, whole in zip(names, ribs, complete):
         if nm is None:
             continue
         if nm[0] in "CL" and nm != "sacrum" and r.count > 0:
             return f"the vertebra named {nm} bears a rib"
-        if nm in _T[1:11] and r.free:
+        # A vertebra cut by the view may have its rib heads outside it: seen free of ribs
+        # there proves nothing.
+        if nm in _T[1:11] and r.free and whole:
             return f"the vertebra named {nm} is seen free of ribs on both sides"
     return None
 
