@@ -11,7 +11,14 @@ label get values no VerSe mask can hold:
 * 29 S1: the first value after VerSe's range.  TotalSegmentator (v2) has a class
   ``vertebrae_S1`` beside ``sacrum``; a backend that labels S1 apart writes 29 for S1 and 26 for
   the rest of the sacrum, one that does not writes 26 for the whole sacrum, as VerSe does.
-* 60 spinal cord: the value SPINEPS / TPTBox (the VerSe group's successor tools) give the cord.
+* 60 spinal cord and 61 spinal canal: the values SPINEPS / TPTBox (the VerSe group's successor
+  tools) give them;
+* intervertebral discs: SPINEPS numbers a disc 100 + the value of the vertebra above it, which
+  would collide with our unidentified vertebrae, so we use 200 + that value (202 C2/C3 ...
+  219 T12/L1 ... 224 L5/S1) and 230-233 for the discs next to a T13 or an L6 (T12/T13, T13/L1,
+  L5/L6, L6/S1), whose neighbours' values do not tell them apart.  Discs between vertebrae the
+  segmenter cannot name get values from :data:`DISC_UNIDENTIFIED_BASE` upwards (151-199),
+  cranio-caudally, like unidentified vertebrae (101-149).
 
 Vertebrae the segmenter finds but cannot name get values from :data:`UNIDENTIFIED_BASE` upwards,
 in cranio-caudal order, and are coded as a generic vertebra.  :data:`LEVELS` lists the 25 levels
@@ -25,6 +32,15 @@ Sources of the codes (checked by ``tests/test_coding.py`` against pydicom's copy
 * sacrum 54735007, spinal cord 2748008, generic vertebra 51282000 and spine 421060004:
   CID 7151 "Segmentation Property Types" (the first three also in TotalSegmentator's table,
   with the same meanings);
+* discs C2/C3-L5/S1: CID 7604 "Intervertebral Disc" (also in CID 7151), one concept per pair
+  ("T11/T12 disc" is SCT 1537001);
+* a disc whose neighbours are unnamed, or that joins a T13 or an L6 (no pair concept exists):
+  SCT 360499006 "Intervertebral disc", the code TotalSegmentator's DICOM writer gives its
+  ``intervertebral_discs`` class (``ADDITIONAL_SNOMED_TYPES``); no PS3.16 context group lists a
+  generic disc, and CID 7151 is extensible;
+* spinal canal 61853006 "Vertebral canal": CID 8134 "Anatomic Structure" (and CID 6115);
+  CID 7151 has the cord but not the canal, and CT shows the canal (cord, CSF and epidural fat
+  together), not the cord;
 * S1 65985001 "S1 vertebra": TotalSegmentator's table; no PS3.16 context group has an S1
   concept (CID 7151 and CID 7603 stop at L5, then "Sacrum");
 * category 123037004 "Anatomical Structure": see the note at
@@ -52,8 +68,10 @@ class Region(enum.Enum):
     LUMBAR = "lumbar"
     SACRAL = "sacral"
     UNKNOWN = "unknown"
-    #: Not a vertebra (the spinal cord runs through several regions).
+    #: Not a vertebra (the spinal cord and canal run through several regions).
     NONE = "none"
+    #: An intervertebral disc (between two vertebrae; not bone).
+    DISC = "disc"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +93,15 @@ class Level:
     @property
     def is_vertebra(self) -> bool:
         """Whether the row is a vertebra (or the sacrum), not another structure."""
-        return self.region is not Region.NONE
+        return self.region not in (Region.NONE, Region.DISC)
 
     @property
     def rank(self) -> float:
         """Cranio-caudal sort key of a named row (S1 between L5 and sacrum, the cord last);
         unidentified vertebrae have none (``inf``): only their position orders them."""
+        if self.region is Region.DISC and self.name not in _RANK:
+            # unnamed discs: after the named ones, before the cord, in their own order
+            return len(_NAMES) + 0.5 + int(self.name.removeprefix("disc")) / 100.0
         return _RANK.get(self.name, float("inf"))
 
 
@@ -129,7 +150,28 @@ T13_VALUE = 28
 S1_VALUE = 29
 #: The spinal cord, as SPINEPS / TPTBox number it (not a VerSe value).
 SPINAL_CORD_VALUE = 60
+#: The spinal canal, as SPINEPS / TPTBox number it.
+SPINAL_CANAL_VALUE = 61
 UNIDENTIFIED_BASE = 101
+#: Unidentified vertebrae take 101..149, unidentified discs 151..199.
+UNIDENTIFIED_MAX = 149
+DISC_UNIDENTIFIED_BASE = 151
+DISC_UNIDENTIFIED_MAX = 199
+#: A named disc is 200 + the value of the vertebra above it (see the module docstring).
+DISC_BASE = 200
+#: Discs next to transitional levels: (upper, lower) -> value.
+_TRANSITIONAL_DISCS = {("T12", "T13"): 230, ("T13", "L1"): 231, ("L5", "L6"): 232,
+                       ("L6", "sacrum"): 233}
+#: CID 7604 "Intervertebral Disc" (SNOMED CT), keyed by the vertebra above.
+_DISC_SNOMED = {
+    "C2": "1078209008", "C3": "58820006", "C4": "49400002", "C5": "73959003", "C6": "75095006",
+    "C7": "37414007", "T1": "40908007", "T2": "6004007", "T3": "2620004", "T4": "82965004",
+    "T5": "72692000", "T6": "74401007", "T7": "28693002", "T8": "9188009", "T9": "113209001",
+    "T10": "34959001", "T11": "1537001", "T12": "76206002", "L1": "80064006", "L2": "67459009",
+    "L3": "62551000", "L4": "84020006", "L5": "715056000",
+}
+#: A disc whose pair has no concept of its own (TotalSegmentator's code, see above).
+DISC_GENERIC = Code("360499006", "SCT", "Intervertebral disc")
 
 
 def _region(name: str) -> Region:
@@ -175,18 +217,73 @@ EXTRA_ROWS: tuple[Level, ...] = (
     # TotalSegmentator's colour for the cord.
     Level("spinal_cord", SPINAL_CORD_VALUE, Region.NONE, Code("2748008", "SCT", "Spinal cord"),
           (255, 215, 0)),
+    Level("spinal_canal", SPINAL_CANAL_VALUE, Region.NONE,
+          Code("61853006", "SCT", "Vertebral canal"), (120, 200, 255)),
 )
 #: The whole label table: every named label value and its codes.
 LABEL_TABLE: tuple[Level, ...] = LEVELS + EXTRA_ROWS
 LEVEL_BY_NAME = {lv.name: lv for lv in LABEL_TABLE}
 LEVEL_BY_VALUE = {lv.value: lv for lv in LABEL_TABLE}
 
+#: Disc colours: a pale grey-blue, lighter and darker in turn, so that discs read as soft
+#: tissue beside the coloured bones and neighbours still differ.
+_DISC_RGB = ((150, 170, 200), (110, 130, 170))
+
+
+def _disc_rows() -> tuple[Level, ...]:
+    rows = []
+    names = list(_DISC_SNOMED)
+    for i, upper in enumerate(names):
+        lower = _NAMES[_ORDER[upper] + 1]
+        name = f"{upper}/{'S1' if lower == 'sacrum' else lower} disc"
+        value = DISC_BASE + LEVEL_BY_NAME[upper].value
+        rows.append(Level(name, value, Region.DISC,
+                          Code(_DISC_SNOMED[upper], "SCT", name), _DISC_RGB[i % 2]))
+    for (upper, lower), value in _TRANSITIONAL_DISCS.items():
+        name = f"{upper}/{'S1' if lower == 'sacrum' else lower} disc"
+        rows.append(Level(name, value, Region.DISC, DISC_GENERIC, _DISC_RGB[value % 2]))
+    return tuple(rows)
+
+
+#: Intervertebral discs by the pair of levels they join (CID 7604, plus the transitional pairs).
+DISC_TABLE: tuple[Level, ...] = _disc_rows()
+DISC_BY_VALUE = {d.value: d for d in DISC_TABLE}
+DISC_BY_NAME = {d.name: d for d in DISC_TABLE}
+# Discs sort just below the vertebra above them; the canal after the cord.
+_RANK.update({d.name: _RANK[d.name.split("/")[0]] + 0.6 for d in DISC_TABLE})
+_RANK["spinal_canal"] = len(_NAMES) + 2.0
+
+
+def disc_value(upper: str, lower: str) -> int | None:
+    """Label value of the disc between named vertebrae ``upper`` and ``lower`` (the level below
+    it), or ``None`` when they are not neighbours."""
+    if (upper, lower) in _TRANSITIONAL_DISCS:
+        return _TRANSITIONAL_DISCS[(upper, lower)]
+    if upper in _DISC_SNOMED and upper in _ORDER and lower in _ORDER:
+        if _ORDER[lower] == _ORDER[upper] + 1:
+            return DISC_BASE + LEVEL_BY_NAME[upper].value
+    return None
+
+
+def is_unidentified(value: int) -> bool:
+    """Whether ``value`` is a vertebra or a disc the segmenter found but could not name."""
+    return (UNIDENTIFIED_BASE <= value <= UNIDENTIFIED_MAX
+            or DISC_UNIDENTIFIED_BASE <= value <= DISC_UNIDENTIFIED_MAX)
+
+
+def is_unidentified_vertebra(value: int) -> bool:
+    """Whether ``value`` is a vertebra the segmenter found but could not name."""
+    return UNIDENTIFIED_BASE <= value <= UNIDENTIFIED_MAX
+
 
 def level_for_value(value: int) -> Level:
-    """The label-table row for a label value, including unidentified vertebrae (>= 101)."""
+    """The label-table row for a label value, including unidentified vertebrae (101-149),
+    discs (named 202-233, unidentified 151-199) and the canal (61)."""
     if value in LEVEL_BY_VALUE:
         return LEVEL_BY_VALUE[value]
-    if value >= UNIDENTIFIED_BASE:
+    if value in DISC_BY_VALUE:
+        return DISC_BY_VALUE[value]
+    if is_unidentified_vertebra(value):
         n = value - UNIDENTIFIED_BASE + 1
         return Level(
             name=f"vertebra{n}",
@@ -195,6 +292,10 @@ def level_for_value(value: int) -> Level:
             code=VERTEBRA_GENERIC,
             rgb=(200, 200, 200),
         )
+    if DISC_UNIDENTIFIED_BASE <= value <= DISC_UNIDENTIFIED_MAX:
+        n = value - DISC_UNIDENTIFIED_BASE + 1
+        return Level(name=f"disc{n}", value=value, region=Region.DISC, code=DISC_GENERIC,
+                     rgb=_DISC_RGB[n % 2])
     raise KeyError(f"label value {value} is not in the label table")
 
 

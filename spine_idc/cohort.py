@@ -1,4 +1,5 @@
-"""The cohort table: one row per series and vertebra, plus one row per failed series.
+"""The cohort table: one row per series and labelled structure (vertebra, disc, canal), plus one
+row per failed series.
 
 Driven by the manifest: every series in it ends either in measurements (and its SEG and SR) or
 in a recorded failure, and both tables say which.  Nothing is found by globbing.
@@ -10,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from . import layout
+from . import coding, layout
 from .atomic import atomic_path
 from .errors import SpineIdcError
 from .manifest import read_manifest
@@ -51,8 +52,9 @@ QC_PASS_CONFIDENCE = 0.5
 
 
 def _name_confidence(qc: dict, label_value: int) -> float:
-    """The backend's confidence in this vertebra's name (its own, else the record's)."""
-    for v in qc.get("vertebrae", []):
+    """The backend's confidence in this vertebra's (or disc's) name: its own, else the
+    record's."""
+    for v in qc.get("vertebrae", []) + qc.get("structures", []):
         if int(v.get("label", -1)) == label_value and v.get("confidence"):
             return float(v["confidence"])
     return float(qc.get("confidence", 0.0) or 0.0)
@@ -104,7 +106,7 @@ def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], li
                     "centroid_x_mm": cx,
                     "centroid_y_mm": cy,
                     "centroid_z_mm": cz,
-                    "identified": not m["level"].startswith("vertebra"),
+                    "identified": not coding.is_unidentified(int(m["label_value"])),
                     "qc_flags": ";".join(flags),
                     "name_confidence": round(confidence, 3),
                     "qc_pass": (not flags and not m.get("touches_border", False)

@@ -215,10 +215,11 @@ def _order(frames: np.ndarray, counts: np.ndarray, affine: np.ndarray) -> list[i
         return float(m[2, :3] @ centre + m[2, 3])
 
     rows = {v: coding.level_for_value(v) for v in present}
-    named = sorted((v for v in present if v < coding.UNIDENTIFIED_BASE and rows[v].is_vertebra),
+    named = sorted((v for v in present
+                    if not coding.is_unidentified_vertebra(v) and rows[v].is_vertebra),
                    key=lambda v: rows[v].rank)
     others = sorted((v for v in present if not rows[v].is_vertebra), key=lambda v: rows[v].rank)
-    unnamed = [v for v in present if v >= coding.UNIDENTIFIED_BASE]
+    unnamed = [v for v in present if coding.is_unidentified_vertebra(v)]
     heights = {v: superior_mm(v) for v in unnamed}
     order: list[int] = []
     for v in named:

@@ -145,14 +145,15 @@ def build_sr(
     groups = []
     for m in sorted(measurements, key=lambda m: segment_of[m.level]):
         level = coding.level_for_value(m.label_value)
-        site = level.code if m.label_value < coding.UNIDENTIFIED_BASE else coding.SPINE
+        unidentified = coding.is_unidentified_vertebra(m.label_value)
+        site = coding.SPINE if unidentified else level.code
         evaluations = [
             hd.sr.QualitativeEvaluation(coding.QC_TOUCHES_BORDER, _yes_no(m.touches_border))
         ]
         if level.is_vertebra:
             evaluations += [
                 hd.sr.QualitativeEvaluation(
-                    coding.QC_LEVEL_IDENTIFIED, _yes_no(m.label_value < coding.UNIDENTIFIED_BASE)
+                    coding.QC_LEVEL_IDENTIFIED, _yes_no(not unidentified)
                 ),
                 hd.sr.QualitativeEvaluation(
                     coding.QC_TRABECULAR_CORE, _yes_no(m.trabecular_mean_hu is not None)

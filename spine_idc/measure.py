@@ -145,7 +145,7 @@ def measure_vertebrae(
                     "(need %d); trabecular HU not reported",
                     level, value, n_core, erosion_mm, MIN_TRABECULAR_VOXELS,
                 )
-        else:
+        elif level_for_value(value).is_vertebra:  # discs and the canal have no body
             log.warning("%s (label %d): no vertebral body voxels; no heights or HU", level, value)
 
         heights = (None, None, None)

@@ -25,6 +25,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float((a & b).sum()) / s if s else 1.0
 
 
+def vertebra_mask(labels: np.ndarray) -> np.ndarray:
+    """Voxels of ``labels`` that hold a vertebra (not a disc, the canal or the cord)."""
+    values = [int(v) for v in np.unique(labels) if v]
+    keep = [v for v in values if coding.level_for_value(v).is_vertebra]
+    return np.isin(labels, keep)
+
+
 @dataclasses.dataclass
 class Scores:
     visible: list[str]  # reference levels in view, cranio-caudally
@@ -53,6 +60,8 @@ def score(truth: np.ndarray, labels: np.ndarray, names: dict[int, str],
     """Compare ``labels`` (our values, named by ``names``) with ``truth`` (coding values;
     ``true_names`` overrides the name of a truth value, e.g. for transitional anatomy)."""
     true_names = true_names or {}
+    # Vertebrae only: discs and the canal in the same label map are scored on their own.
+    labels = np.where(vertebra_mask(labels), labels, 0)
     tname = lambda v: true_names.get(int(v), coding.level_for_value(int(v)).name)  # noqa: E731
     tvals = [int(v) for v in np.unique(truth) if v]
     counts = {v: int((truth == v).sum()) for v in tvals}

@@ -30,9 +30,17 @@ TOTALSEGMENTATOR = {
 
 
 def _cid(number: int) -> set[tuple[str, str, str]]:
-    group = getattr(codes, f"cid{number}")
-    return {(c.value, c.scheme_designator, c.meaning) for c in (getattr(group, n)
-                                                                for n in group.dir())}
+    # Per scheme: a keyword may name concepts of two schemes in one group (CID 8134 has
+    # FMA and NEU both), which the group-level lookup refuses.
+    from pydicom.sr._cid_dict import cid_concepts
+    from pydicom.sr.codedict import Collection
+
+    out = set()
+    for scheme, keywords in cid_concepts[number].items():
+        table = Collection(scheme)
+        out |= {(c.value, c.scheme_designator, c.meaning)
+                for c in (getattr(table, k) for k in keywords)}
+    return out
 
 
 def _key(code) -> tuple[str, str, str]:
@@ -51,6 +59,7 @@ def test_vertebra_levels_are_cid_7603():
     (coding.LEVEL_BY_NAME["spinal_cord"].code, (7151, 4)),
     (coding.VERTEBRA_GENERIC, (7151,)),
     (coding.SPINE, (7151, 4)),
+    (coding.LEVEL_BY_NAME["spinal_canal"].code, (8134,)),
     (coding.VOLUME, (7469,)),
     (coding.ATTENUATION_COEFFICIENT, (7469,)),
     (coding.VERTEBRAL_BODY_HEIGHT, (7469,)),
@@ -72,6 +81,52 @@ def test_vertebra_levels_are_cid_7603():
 def test_codes_are_in_their_context_groups(code, cids):
     for cid in cids:
         assert _key(code) in _cid(cid), f"{code} not in CID {cid}"
+
+
+def test_discs_are_cid_7604():
+    """Every disc named by two standard levels carries its own CID 7604 concept (also in
+    CID 7151), with PS3.16's meaning; the transitional pairs and unnamed discs the generic one."""
+    cid7604 = _cid(7604)
+    named = [d for d in coding.DISC_TABLE if d.code != coding.DISC_GENERIC]
+    assert len(named) == 23 == len(cid7604)
+    assert {_key(d.code) for d in named} == cid7604 <= _cid(7151)
+    assert coding.DISC_BY_NAME["T11/T12 disc"].code.value == "1537001"
+    assert coding.DISC_BY_NAME["L5/S1 disc"].code.value == "715056000"
+    for d in coding.DISC_TABLE:
+        assert not d.is_vertebra and d.region is coding.Region.DISC
+        assert d.code.meaning == d.name or d.code == coding.DISC_GENERIC
+    # The generic disc is in no PS3.16 group (see coding's docstring): TotalSegmentator's code.
+    assert coding.DISC_GENERIC.value not in {c[0] for c in _cid(7151)}
+    assert {d.name for d in coding.DISC_TABLE if d.code == coding.DISC_GENERIC} == {
+        "T12/T13 disc", "T13/L1 disc", "L5/L6 disc", "L6/S1 disc"}
+
+
+def test_disc_values_and_ranges():
+    values = [d.value for d in coding.DISC_TABLE]
+    assert len(set(values)) == len(values)
+    assert not set(values) & {lv.value for lv in coding.LABEL_TABLE}
+    assert all(coding.DISC_BASE < v <= 255 for v in values)
+    # 200 + the vertebra above, except where a T13 or an L6 joins the pair
+    assert coding.disc_value("T11", "T12") == 218 == 200 + coding.LEVEL_BY_NAME["T11"].value
+    assert coding.disc_value("L5", "sacrum") == 224
+    assert coding.disc_value("T12", "L1") == 219 and coding.disc_value("T12", "T13") == 230
+    assert coding.disc_value("T13", "L1") == 231 and coding.disc_value("L6", "sacrum") == 233
+    assert coding.disc_value("L5", "L6") == 232
+    assert coding.disc_value("T11", "L1") is None and coding.disc_value("C1", "C2") is None
+    assert coding.level_for_value(224).name == "L5/S1 disc"
+    # ranges: unidentified vertebrae 101-149, unidentified discs 151-199
+    assert coding.level_for_value(149).name == "vertebra49"
+    assert coding.level_for_value(151).name == "disc1"
+    assert coding.level_for_value(151).code == coding.DISC_GENERIC
+    assert coding.is_unidentified_vertebra(101) and not coding.is_unidentified_vertebra(151)
+    canal = coding.level_for_value(coding.SPINAL_CANAL_VALUE)
+    assert canal.name == "spinal_canal" and not canal.is_vertebra
+    for bad in (150, 200, 201, 225, 240):
+        with pytest.raises(KeyError):
+            coding.level_for_value(bad)
+    # discs sort between the vertebrae they join
+    t11, t12 = coding.LEVEL_BY_NAME["T11"], coding.LEVEL_BY_NAME["T12"]
+    assert t11.rank < coding.DISC_BY_NAME["T11/T12 disc"].rank < t12.rank
 
 
 def test_documented_exceptions():

@@ -397,6 +397,31 @@ def test_sacral_and_cord_rows(synthetic, tmp_path):
     assert_valid(path)
 
 
+def test_disc_and_canal_rows(synthetic, tmp_path):
+    """Discs (CID 7604 by the pair they join, the generic disc when unnamed) and the canal are
+    segments of the same SEG, after the vertebrae, discs cranio-caudally; dciodvfy-clean."""
+    import highdicom as hd
+
+    ct, info = synthetic
+    lab = np.zeros(ct.array.shape, dtype=np.uint8)
+    lab[2:10, 2:8, 9:12] = coding.LEVEL_BY_NAME["T11"].value
+    lab[2:10, 2:8, 8] = coding.disc_value("T11", "T12")
+    lab[2:10, 2:8, 4:8] = coding.LEVEL_BY_NAME["T12"].value
+    lab[2:10, 2:8, 3] = coding.DISC_UNIDENTIFIED_BASE  # below T12: its neighbour is unnamed
+    lab[2:10, 2:8, 0:3] = coding.UNIDENTIFIED_BASE
+    lab[12:15, 10:13, :] = coding.SPINAL_CANAL_VALUE
+    path = write_seg(Volume(lab, ct.affine), info, ALGORITHM, tmp_path / "seg.dcm")
+    segs = list(hd.seg.segread(path).SegmentSequence)
+    assert [s.SegmentLabel for s in segs] == [
+        "T11", "T12", "vertebra1", "T11/T12 disc", "disc1", "spinal_canal"]
+    types = {s.SegmentLabel: (s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+                              s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning) for s in segs}
+    assert types["T11/T12 disc"] == ("1537001", "T11/T12 disc")
+    assert types["disc1"] == ("360499006", "Intervertebral disc")
+    assert types["spinal_canal"] == ("61853006", "Vertebral canal")
+    assert_valid(path)
+
+
 def test_segment_descriptions_and_order(synthetic, tmp_path):
     import highdicom as hd
 

@@ -104,7 +104,11 @@ def test_no_anchor_leaves_vertebrae_unidentified(backend):
     result = backend.segment(phantom.ct, series_key="phantom-1")
     qc = result.qc
     values = sorted(int(v) for v in np.unique(result.labels.array) if v)
-    assert values == [coding.UNIDENTIFIED_BASE + i for i in range(4)]
+    assert [v for v in values if coding.is_unidentified_vertebra(v)] == [
+        coding.UNIDENTIFIED_BASE + i for i in range(4)]
+    # Between unnamed vertebrae the discs are unnamed too; the canal is the canal.
+    assert [v for v in values if not coding.is_unidentified_vertebra(v)] == [
+        coding.SPINAL_CANAL_VALUE] + [coding.DISC_UNIDENTIFIED_BASE + i for i in range(3)]
     assert all(FLAG_UNIDENTIFIED in v.flags for v in qc.vertebrae)
     assert not any(a.used for a in qc.anchors)
     assert qc.confidence < 0.5
@@ -173,7 +177,7 @@ def test_qc_record_serialises(backend):
     assert data["series_key"] == "phantom-16"
     assert data["backend"] == "classical"
     assert set(data["axis_lps"]) == {str(v.label) for v in qc.vertebrae}
-    assert set(data["flags"]) == {str(v.label) for v in qc.vertebrae}
+    assert set(data["flags"]) == {str(v.label) for v in qc.vertebrae + qc.structures}
     back = QCRecord.from_dict(data)
     assert back.levels == qc.levels
     assert back.vertebrae == qc.vertebrae
@@ -219,6 +223,54 @@ def test_hard_phantom_names_right_or_withheld(scenario, seed, backend):
             assert FLAG_UNIDENTIFIED in v.flags
     if any(n.startswith("vertebra") for n in names.values()):
         assert result.qc.warnings
+
+
+# --- discs and canal -----------------------------------------------------------------------
+
+#: Scenarios whose discs and canal are checked against the phantom's tissue map: an easy
+#: lumbar spine, thin thoracic discs on 2 mm slices, and a faint 3 mm abdomen (marrow as dark
+#: as the discs; each endplate a broad band of its own).
+DISC_CASES = [("easy", 9), ("thorax-thin-discs", 2), ("abdomen-3mm-faint", 1)]
+
+
+@pytest.mark.parametrize("scenario, seed", DISC_CASES, ids=lambda x: str(x))
+def test_discs_and_canal_on_phantoms(scenario, seed, backend):
+    """One disc between each pair of neighbouring vertebrae, on disc tissue, named by its two
+    vertebrae when both are named; the canal on CSF and cord (with the epidural fat)."""
+    from spine_idc.phantom import Tissue
+
+    spec = spec_for_seed(seed) if scenario == "easy" else hard_spec(scenario, seed)
+    phantom = make_phantom(spec)
+    result = backend.segment(phantom.ct, series_key=f"{scenario}-{seed}")
+    lab, tis = result.labels.array, phantom.tissues.array
+    qc = result.qc
+    discs = [s for s in qc.structures if s.name != "spinal_canal"]
+    names = [v.name for v in qc.vertebrae]
+    # one disc per pair of neighbours, in order, each naming the pair it joins
+    assert [d.between for d in discs] == [[a, b] for a, b in zip(names[:-1], names[1:])]
+    for d in discs:
+        a, b = d.between
+        if a.startswith("vertebra") or b.startswith("vertebra"):
+            assert d.name.startswith("disc") and FLAG_UNIDENTIFIED in d.flags
+        else:
+            assert d.name == f"{a}/{'S1' if b == 'sacrum' else b} disc"
+        on = tis[lab == d.label]
+        precision = float(np.isin(on, [Tissue.DISC]).mean())
+        assert precision >= 0.5, f"{d.name}: {precision:.2f} of it on disc tissue"
+    true_disc = tis == Tissue.DISC
+    ours = np.isin(lab, [d.label for d in discs])
+    score = dice(true_disc, ours)
+    # The canal, over the stretch our vertebrae cover.
+    canal = lab == coding.SPINAL_CANAL_VALUE
+    zs = np.flatnonzero(np.isin(lab, [v.label for v in qc.vertebrae]).any(axis=(0, 1)))
+    contents = np.isin(tis, [Tissue.CSF, Tissue.CORD])
+    contents[:, :, : zs[0]] = contents[:, :, zs[-1] + 1:] = False
+    recall = (contents & canal).sum() / contents.sum()
+    precision = np.isin(tis[canal], [Tissue.CSF, Tissue.CORD, Tissue.FAT]).mean()
+    print(f"\n{scenario} seed {seed}: {len(discs)} discs, Dice {score:.3f}; canal recall "
+          f"{recall:.2f} precision {precision:.2f}")
+    assert score >= 0.6
+    assert recall >= 0.6 and precision >= 0.8
 
 
 # --- naming from what the ribs and the sacrum show ------------------------------------------

@@ -85,6 +85,21 @@ class VertebraQC:
 
 
 @dataclasses.dataclass
+class StructureQC:
+    """QC facts about a labelled structure that is not a vertebra: an intervertebral disc (with
+    the vertebrae it joins, cranial first) or the spinal canal.  A disc's name is as sure as the
+    less sure of its two vertebrae' names."""
+
+    label: int
+    name: str
+    voxels: int
+    volume_ml: float
+    between: list[str] = dataclasses.field(default_factory=list)
+    flags: list[str] = dataclasses.field(default_factory=list)
+    confidence: float = 0.0
+
+
+@dataclasses.dataclass
 class QCRecord:
     """What a backend found and how far to trust it; serialises to JSON with :meth:`to_dict`.
 
@@ -109,6 +124,9 @@ class QCRecord:
         Wall time of the backend's steps, in seconds.
     thresholds_hu:
         Image-derived thresholds the backend settled on (for a person checking an odd result).
+    structures:
+        One :class:`StructureQC` per disc (cranio-caudal) and for the canal, from backends that
+        label them.
     """
 
     series_key: str
@@ -121,11 +139,14 @@ class QCRecord:
     warnings: list[str] = dataclasses.field(default_factory=list)
     timing_s: dict[str, float] = dataclasses.field(default_factory=dict)
     thresholds_hu: dict[str, float] = dataclasses.field(default_factory=dict)
+    structures: list[StructureQC] = dataclasses.field(default_factory=list)
 
     @property
     def flags(self) -> dict[int, list[str]]:
-        """Flags per label value."""
-        return {v.label: list(v.flags) for v in self.vertebrae}
+        """Flags per label value (vertebrae, discs and the canal)."""
+        out = {v.label: list(v.flags) for v in self.vertebrae}
+        out.update({s.label: list(s.flags) for s in self.structures})
+        return out
 
     @property
     def axis_lps(self) -> dict[int, tuple[float, float, float]]:
@@ -160,6 +181,7 @@ class QCRecord:
             )
             for v in data.get("vertebrae", [])
         ]
+        data["structures"] = [StructureQC(**s) for s in data.get("structures", [])]
         return cls(**data)
 
 
@@ -170,8 +192,9 @@ class SegmentationResult:
     Attributes
     ----------
     labels:
-        Whole vertebrae (body and posterior elements; no discs, no ribs) on the input CT grid,
-        ``uint8`` or ``uint16``, values from :mod:`spine_idc.coding`, 0 = background.
+        Whole vertebrae (body and posterior elements; no ribs) on the input CT grid, and, from
+        backends that find them, the intervertebral discs and the spinal canal; ``uint8`` or
+        ``uint16``, values from :mod:`spine_idc.coding`, 0 = background.
     bodies:
         The same values restricted to the vertebral bodies (for trabecular HU and heights).
     qc:

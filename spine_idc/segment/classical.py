@@ -38,6 +38,7 @@ from .discs import (
 )
 from .grow import grow_vertebrae
 from .sacrum import SacrumEvidence
+from .softparts import discs_and_canal
 from .vertebrae import BodyRun, Straightened
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class Work:
     conflict: bool = False  # naming anchors disagree
     notes: list[str] = dataclasses.field(default_factory=list)  # for the QC warnings
     discs: list = dataclasses.field(default_factory=list)  # DiscPlane between bodies k, k+1
+    disc_labels: np.ndarray | None = None  # disc index 1..n-1 (joins bodies k, k+1), 0 elsewhere
+    canal: np.ndarray | None = None  # the spinal canal over the vertebrae found
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -236,10 +239,11 @@ class ClassicalBackend:
         # Two passes: the rhythm of a first evidence sets how far a disc's endplates may lie
         # from its centre in the second.
         first = disc_evidence(col.profile, sp)
-        work.disc_evidence = disc_evidence(col.profile, sp, local_period(first, sp, lo=lo, hi=hi))
+        period = local_period(first, sp, lo=lo, hi=hi)
+        work.disc_evidence = disc_evidence(col.profile, sp, period)
         centres = choose_discs(work.disc_evidence, sp, 2.0 * col.half_width, lo=lo, hi=hi)
         work.found_discs = between_bodies(
-            refine_discs(col.profile, work.disc_evidence, centres, sp), col.profile,
+            refine_discs(col.profile, work.disc_evidence, centres, sp, period), col.profile,
             col.threshold, sp,
         )
         work.planes = Straightened(
@@ -284,6 +288,9 @@ class ClassicalBackend:
         t = time.perf_counter()
         grow_vertebrae(work)
         work.timing["grow"] = time.perf_counter() - t
+        t = time.perf_counter()
+        work.disc_labels, work.canal = discs_and_canal(work)
+        work.timing["discs_canal"] = time.perf_counter() - t
 
 
 #: Below the lowest disc, the column is followed this far (mm) to look for the sacrum when the

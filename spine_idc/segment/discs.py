@@ -323,12 +323,46 @@ def _fill_long_levels(chain: list[int], peaks: np.ndarray, e: np.ndarray, period
     return sorted(out)
 
 
-def refine_discs(profile: np.ndarray, evidence: np.ndarray, centres: list[int], spacing: float
-                 ) -> list[Disc]:
+#: Two endplates of one disc lie at most this fraction of a level apart (a disc with its
+#: endplates is at most about a third of a level), and at most :data:`PAIR_MAX_MM`.
+PAIR_OF_PERIOD = 0.45
+PAIR_MAX_MM = 16.0
+#: A dip between two endplate peaks must be at least this deep (HU) to be a disc.
+MIN_DIP_HU = 15.0
+
+
+def _endplate_pair(f: np.ndarray, c: int, span: float) -> tuple[int, int] | None:
+    """The two endplate peaks of the disc whose evidence peaks at ``c``: the pair of
+    neighbouring maxima of ``f`` at most ``span`` planes apart, with ``c`` between them or on
+    one of them, that holds the deepest dip.  ``None`` when no such pair has a dip.
+
+    With thick slices through a faint spine each endplate is a broad bright band of its own,
+    and the brighter one alone looks bright "on both sides" of its own middle: the evidence may
+    peak on that endplate, not on the disc beside it.
+    """
+    n = len(f)
+    r = int(np.ceil(span))
+    a, b = max(1, c - r), min(n - 2, c + r)
+    maxima = [i for i in range(a, b + 1) if f[i] >= f[i - 1] and f[i] > f[i + 1]]
+    best, pair = MIN_DIP_HU, None
+    for p, q in zip(maxima[:-1], maxima[1:]):
+        if q - p > span or not p <= c <= q:
+            continue
+        depth = min(f[p], f[q]) - float(f[p: q + 1].min())
+        if depth > best:
+            best, pair = depth, (p, q)
+    return pair
+
+
+def refine_discs(profile: np.ndarray, evidence: np.ndarray, centres: list[int], spacing: float,
+                 period: np.ndarray | None = None) -> list[Disc]:
     """Each disc's centre and half thickness from the profile around its evidence peak.
 
-    Where the disc shows as a dark band between two endplate peaks (within 8 mm either side),
-    the disc is the band between them and its centre the darkest plane; where disc and
+    Where the disc shows as a dark band between two endplate peaks, the disc is the band
+    between them and its centre the middle of the band.  The two peaks are the neighbouring
+    maxima around the evidence peak (or on it) at most :data:`PAIR_OF_PERIOD` of the local
+    rhythm ``period`` apart (:data:`PAIR_MAX_MM` without one) with the deepest dip between
+    them; failing that, the brightest planes within 8 mm either side.  Where disc and
     endplates blurred into one bright band, the disc is the band's middle 3 mm.
     """
     seen = np.isfinite(profile)
@@ -338,12 +372,19 @@ def refine_discs(profile: np.ndarray, evidence: np.ndarray, centres: list[int], 
     reach = int(round(8.0 / spacing))
     out = []
     for c in centres:
-        a, b = max(0, c - reach), min(len(f) - 1, c + reach)
-        left = a + int(np.argmax(f[a: c + 1]))
-        right = c + int(np.argmax(f[c: b + 1]))
+        span = PAIR_MAX_MM / spacing
+        if period is not None and np.isfinite(period[c]):
+            span = min(span, PAIR_OF_PERIOD * period[c])
+        pair = _endplate_pair(f, c, span)
+        if pair is not None:
+            left, right = pair
+        else:
+            a, b = max(0, c - reach), min(len(f) - 1, c + reach)
+            left = a + int(np.argmax(f[a: c + 1]))
+            right = c + int(np.argmax(f[c: b + 1]))
         half = 1.5 / spacing
         centre = float(c)
-        if left < c < right:
+        if left < c < right or pair is not None:
             low = left + int(np.argmin(f[left: right + 1]))
             depth = min(f[left], f[right]) - f[low]
             if depth > 0.0 and left < low < right:

@@ -77,14 +77,24 @@ def finish(
     work.conflict = False
     ribs = find_ribs(work)
     naming = name_vertebrae(
-        ribs, work.sacrum_evidence, work.sacrum, _complete(work), _level_lengths(work)
+        ribs, work.sacrum_evidence, work.sacrum, _complete(work), _level_lengths(work),
+        [(b.stop - b.start + 1) * work.spacing for b in work.bodies],
     )
     values, anchors, warnings = naming.values, naming.anchors, list(naming.warnings)
     work.conflict = naming.conflict
     lut = np.zeros(n + 2, np.int32)
     lut[1: n + 1] = values
-    dtype = np.uint8 if max(values) <= 255 else np.uint16
-    lab_native = grid.labels_to_source_grid(lut[work.labels], work.affine, ct, dtype=dtype)
+    disc_values, disc_between = _disc_values(values, naming.confidence)
+    combined = lut[work.labels]
+    if work.disc_labels is not None and disc_values:
+        dlut = np.zeros(n + 1, np.int32)
+        dlut[1: len(disc_values) + 1] = disc_values
+        free = combined == 0
+        combined[free] = dlut[work.disc_labels[free]]
+    if work.canal is not None:
+        combined[(combined == 0) & work.canal] = coding.SPINAL_CANAL_VALUE
+    dtype = np.uint8 if max(values + disc_values) <= 255 else np.uint16
+    lab_native = grid.labels_to_source_grid(combined, work.affine, ct, dtype=dtype)
     body_native = grid.labels_to_source_grid(lut[work.body_labels], work.affine, ct, dtype=dtype)
     touching = _touching_border(lab_native)
     vox_ml = ct.voxel_volume_mm3 / 1000.0
@@ -107,7 +117,7 @@ def finish(
                             "not reported")
             continue
         flags: list[str] = []
-        if value >= coding.UNIDENTIFIED_BASE:
+        if coding.is_unidentified_vertebra(value):
             flags.append(FLAG_UNIDENTIFIED)
         if work.conflict:
             flags.append(FLAG_ANCHOR_CONFLICT)
@@ -150,12 +160,13 @@ def finish(
                 ),
             )
         )
+    structures = _structures(disc_values, disc_between, counts, vox_ml, touching)
     warnings.extend(work.notes)
     confidence = round(float(np.median([r.confidence for r in records])), 3) if records else 0.0
     qc = QCRecord(
         series_key=series_key, backend=backend.name, version=backend.version,
         levels=[r.name for r in records], anchors=anchors, confidence=confidence,
-        vertebrae=records, warnings=warnings,
+        vertebrae=records, warnings=warnings, structures=structures,
         timing_s={k: round(v, 3) for k, v in work.timing.items() if isinstance(v, float)},
         thresholds_hu={
             name: round(float(value), 1)
@@ -172,6 +183,58 @@ def finish(
         bodies=Volume(body_native, ct.affine.copy()),
         qc=qc,
     )
+
+
+def _disc_values(values: list[int], confidence: list[float]):
+    """Label values of the discs between bodies k and k+1 (caudal to cranial, like ``values``)
+    and the names and name confidence of the vertebrae each joins (cranial first).
+
+    A disc is named by the levels it joins when both are named and neighbours
+    (:func:`spine_idc.coding.disc_value`), else it is an unidentified disc, numbered
+    cranio-caudally like unidentified vertebrae.
+    """
+    n = len(values)
+    out, between = [], []
+    unnamed = 0
+    for k in range(n - 2, -1, -1):  # cranio-caudal, to number the unnamed ones in that order
+        upper, lower = coding.level_for_value(values[k + 1]), coding.level_for_value(values[k])
+        value = None
+        if not (coding.is_unidentified_vertebra(upper.value)
+                or coding.is_unidentified_vertebra(lower.value)):
+            value = coding.disc_value(upper.name, lower.name)
+        if value is None:
+            unnamed += 1
+            value = min(coding.DISC_UNIDENTIFIED_BASE + unnamed - 1, coding.DISC_UNIDENTIFIED_MAX)
+        out.append(value)
+        between.append(([upper.name, lower.name], min(confidence[k], confidence[k + 1])))
+    return out[::-1], between[::-1]
+
+
+def _structures(disc_values, disc_between, counts, vox_ml, touching):
+    """QC records of the discs (cranio-caudal) and the canal present on the CT's grid."""
+    from .base import StructureQC
+
+    out = []
+    for value, (names, conf) in reversed(list(zip(disc_values, disc_between))):
+        voxels = int(counts[value]) if value < len(counts) else 0
+        if voxels == 0:
+            continue
+        flags = [FLAG_FOV_BORDER] if value in touching else []
+        if coding.DISC_UNIDENTIFIED_BASE <= value <= coding.DISC_UNIDENTIFIED_MAX:
+            flags.append(FLAG_UNIDENTIFIED)
+        out.append(StructureQC(
+            label=value, name=coding.level_for_value(value).name, voxels=voxels,
+            volume_ml=round(voxels * vox_ml, 3), between=names, flags=flags,
+            confidence=round(float(conf), 3),
+        ))
+    canal = coding.SPINAL_CANAL_VALUE
+    if canal < len(counts) and counts[canal]:
+        out.append(StructureQC(
+            label=canal, name="spinal_canal", voxels=int(counts[canal]),
+            volume_ml=round(int(counts[canal]) * vox_ml, 3),
+            flags=[FLAG_FOV_BORDER] if canal in touching else [], confidence=1.0,
+        ))
+    return out
 
 
 def _touching_border(labels: np.ndarray) -> set[int]:

@@ -69,6 +69,11 @@ INCOMPLETE = 0.8
 #: Confidence given to vertebrae left unidentified (their masks may be fine; their names
 #: are not claimed).
 UNIDENTIFIED = 0.3
+#: A vertebra cut by the view showing less of its body than this (mm along the spine) keeps
+#: no name: a thoracic disc with its endplates is 4-6 mm, so such a piece may be the
+#: neighbour's endplate and a disc, and its split from the neighbour cannot be checked against
+#: a disc it does not show.
+MIN_NAMED_PIECE_MM = 5.0
 
 _T = [f"T{i}" for i in range(1, 13)]
 _CERVICAL = [f"C{i}" for i in range(1, 8)]
@@ -107,6 +112,7 @@ def name_vertebrae(
     sacrum_like: bool,
     complete: list[bool],
     level_mm: list[float | None],
+    body_mm: list[float] | None = None,
 ) -> Naming:
     """Name ``len(ribs)`` vertebrae (internal order, caudal to cranial; ``k = 0`` is the
     sacrum when ``sacrum_like``).
@@ -124,6 +130,9 @@ def name_vertebrae(
     level_mm:
         Each vertebra's length from its lower disc to its upper one (``None`` where a disc is
         not in view).
+    body_mm:
+        The length of each vertebra's body seen along the spine; a piece of a vertebra cut by
+        the view shorter than :data:`MIN_NAMED_PIECE_MM` is not named.
     """
     n = len(ribs)
     warnings: list[str] = []
@@ -255,6 +264,12 @@ def name_vertebrae(
         if names[k] in _T[1:11] and ribs[k].free and not complete[k]:
             warnings.append(f"the vertebra counted as {names[k]} is cut by the view and shows no "
                             "ribs: its name is withheld")
+            names[k] = None
+    for k in range(n):
+        if (body_mm is not None and names[k] is not None and names[k] != "sacrum"
+                and not complete[k] and body_mm[k] < MIN_NAMED_PIECE_MM):
+            warnings.append(f"the vertebra counted as {names[k]} shows only {body_mm[k]:.0f} mm "
+                            "of its body at the edge of the view: its name is withheld")
             names[k] = None
     problem = _rib_mismatch(names, ribs, complete) or _spacing_mismatch(names, level_mm)
     if problem:
