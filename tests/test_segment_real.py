@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from spine_scores import vertebra_mask
 
+from spine_idc import coding
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CASE = DATA / "real" / "ts_t11_t12"
 THORAX = DATA / "real" / "elastix_thorax"
@@ -33,12 +35,12 @@ pytestmark = [
     pytest.mark.skipif(not CASE.is_dir(), reason=f"real data folder {CASE} is missing"),
 ]
 #: Union Dice of our vertebrae against TotalSegmentator's T11 + T12 on ``ts_t11_t12``.  The
-#: issue asks for 0.85; the segmenter reaches 0.734 (0.749 before discs were segmented and
+#: issue asks for 0.85; the segmenter reaches 0.741 (0.749 before discs were segmented and
 #: voxels were mapped to their own reformatted plane): of the 40 mm in view, the T12/L1 disc
 #: at the bottom edge is placed 2-4 mm higher than TotalSegmentator's T12 ends, and the piece
 #: of L1 below it is not in the reference at all.  This guards what holds; the gap is stated
 #: in the issue.
-MIN_UNION_DICE = 0.72
+MIN_UNION_DICE = 0.73
 
 TS_T11, TS_T12 = 33, 32
 TS_RIBS = range(92, 116)
@@ -109,6 +111,33 @@ def test_union_matches_totalsegmentator(ct, result):
     assert score >= MIN_UNION_DICE
     # Ribs are not vertebrae: at most a sliver where the joints touch.
     assert on_ribs < 0.01
+
+
+TS_AORTA, TS_CORD = 52, 79
+
+
+def test_aorta_and_cord(ct, result):
+    """The contrast-filled aorta against the bodies is not vertebra; the cord is in our canal.
+
+    Against TotalSegmentator's aorta and cord on this grid.  The issue asks for no aorta in any
+    segment; its calcified wall still fuses with the front of the bodies in a few slices (about
+    4 % of the aorta in view, 1.3 % of our vertebrae's voxels, down from 14 % and 4.5 % before
+    the body's depth was checked beside the midline), so this guards that figure."""
+    ts = labels_on_grid(CASE / "labels_totalsegmentator.nii.gz", ct.array.shape, ct.affine)
+    lab = result.labels.array
+    ours = vertebra_mask(lab)
+    aorta = ts == TS_AORTA
+    on_aorta = (ours & aorta).sum() / ours.sum()
+    cord = ts == TS_CORD
+    canal = lab == coding.SPINAL_CANAL_VALUE
+    in_canal = (cord & canal).sum() / cord.sum()
+    print(f"\nreal T11/T12: {100 * on_aorta:.2f} % of our vertebrae on the aorta; "
+          f"{100 * in_canal:.0f} % of the cord in our canal")
+    assert on_aorta < 0.02
+    assert in_canal >= 0.6
+    # the canal is soft tissue: cord, CSF, fat, never bone
+    assert np.median(ct.array[canal]) < 60
+    assert (canal & np.isin(ts, [TS_T11, TS_T12])).sum() < 0.05 * canal.sum()
 
 
 def test_qc_is_honest_about_a_short_view(result):

@@ -42,6 +42,17 @@ HALF_U_MM = 42.0
 V_RANGE_MM = (-85.0, 40.0)
 #: A body is never deeper than this times its width (lumbar about 0.7, thoracic 0.8-0.9).
 MAX_DEPTH_TO_WIDTH = 1.15
+#: Where the body's front is also looked for, either side of the midline (fractions of its
+#: half-width), and where an elliptical front lies there as a fraction of the midline depth
+#: from the back wall (flat back, half an ellipse in front: (1 + sqrt(1 - f^2)) / 2).  A real
+#: body's front is flatter than an ellipse, so the estimate errs deep (it cuts less).  An aorta
+#: right in front of the body is about as wide as the middle of it: only the outer samples
+#: miss it.
+SIDE_OFFSETS = ((0.45, 0.947), (0.7, 0.857))
+#: The midline depth is cut only when it exceeds the sides' by more than this (mm), and by at
+#: most this fraction (a faint side that stops early must not halve a body).
+SIDE_SLACK_MM = 3.0
+MAX_SIDE_CUT = 0.45
 #: Inner part of the outline whose mean HU makes the disc profile.
 CORE_FRACTION = 0.7
 #: Across the body, a dip below the threshold shorter than this (mm) with bone beyond it is
@@ -148,6 +159,21 @@ def measure_column(planes: np.ndarray, uu: np.ndarray, vv: np.ndarray, spacing: 
         if not widths:
             continue
         half_w[s] = float(np.median(widths))
+        # Off the midline on each side: a body is symmetric, something fused to its front
+        # (a contrast-filled aorta, its calcified wall, on the left) is not.  The front seen
+        # on the shallower side, corrected for the body's rounded front, caps the midline's.
+        sides = []
+        for frac, ratio in SIDE_OFFSETS:
+            off = max(1, int(round(frac * half_w[s])))
+            sides += [(back - _front_along(
+                smooth[s, max(0, u0 + d * off - int(mm(1))): u0 + d * off + int(mm(1)) + 1, :]
+                .mean(axis=0), back, threshold, max_gap)) / ratio
+                for d in (-1, 1) if 0 <= u0 + d * off < nu]
+        if sides:
+            side_depth = min(sides)
+            depth_mid = back - front
+            if side_depth < depth_mid - mm(SIDE_SLACK_MM):
+                front = int(round(back - max(side_depth, (1.0 - MAX_SIDE_CUT) * depth_mid)))
         # The canal's half-width: dark on both sides of its centre, to the nearer wall.
         row = smooth[s, :, max(0, v0 - int(mm(1))): v0 + int(mm(1)) + 1].mean(axis=1)
         left = u0
@@ -186,6 +212,18 @@ def measure_column(planes: np.ndarray, uu: np.ndarray, vv: np.ndarray, spacing: 
         centre_u=centre_u, centre_v=centre_v, half_width=half_w, half_depth=half_d,
         canal_front=back, canal_half_width=canal_hw, found=found, profile=profile, body_hu=body_hu, threshold=threshold,
     )
+
+
+def _front_along(prof: np.ndarray, back: int, threshold: float, max_gap: int) -> int:
+    """The body's front along one antero-posterior profile, walking forward from ``back``
+    through bone (dips shorter than ``max_gap`` included)."""
+    k = back
+    while k > 0:
+        if prof[k] >= threshold or (prof[max(0, k - max_gap): k] >= threshold).any():
+            k -= 1
+            continue
+        break
+    return k + 1
 
 
 def _half_width(plane: np.ndarray, mid: int, u0: int, threshold: float, mm, gap: int

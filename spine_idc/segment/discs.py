@@ -327,8 +327,13 @@ def _fill_long_levels(chain: list[int], peaks: np.ndarray, e: np.ndarray, period
 #: endplates is at most about a third of a level), and at most :data:`PAIR_MAX_MM`.
 PAIR_OF_PERIOD = 0.45
 PAIR_MAX_MM = 16.0
-#: A dip between two endplate peaks must be at least this deep (HU) to be a disc.
+#: A dip between two endplate peaks must be at least this deep (HU) to be a disc, and the
+#: weaker peak at least this fraction of the stronger one's height above the local floor.
 MIN_DIP_HU = 15.0
+PAIR_BALANCE = 0.1
+#: How much worse (sum of |log(level / rhythm)| over the two levels beside it) a paired centre
+#: may fit the rhythm than the evidence peak's own before it is refused.
+RHYTHM_SLACK = 0.15
 
 
 def _endplate_pair(f: np.ndarray, c: int, span: float) -> tuple[int, int] | None:
@@ -344,9 +349,14 @@ def _endplate_pair(f: np.ndarray, c: int, span: float) -> tuple[int, int] | None
     r = int(np.ceil(span))
     a, b = max(1, c - r), min(n - 2, c + r)
     maxima = [i for i in range(a, b + 1) if f[i] >= f[i - 1] and f[i] > f[i + 1]]
+    floor = float(np.percentile(f[max(0, c - 2 * r): c + 2 * r + 1], FLOOR_PERCENTILE))
     best, pair = MIN_DIP_HU, None
     for p, q in zip(maxima[:-1], maxima[1:]):
         if q - p > span or not p <= c <= q:
+            continue
+        # Both must be endplates: a bump of marrow beside a bright disc band is not.
+        lo_ex, hi_ex = sorted((f[p] - floor, f[q] - floor))
+        if lo_ex < PAIR_BALANCE * hi_ex:
             continue
         depth = min(f[p], f[q]) - float(f[p: q + 1].min())
         if depth > best:
@@ -370,35 +380,59 @@ def refine_discs(profile: np.ndarray, evidence: np.ndarray, centres: list[int], 
     f = np.interp(idx, idx[seen], profile[seen]) if seen.any() else np.zeros(len(profile))
     f = ndimage.gaussian_filter1d(f, 0.7 / spacing, mode="nearest")
     reach = int(round(8.0 / spacing))
-    out = []
+    plain, paired = [], []
     for c in centres:
         span = PAIR_MAX_MM / spacing
         if period is not None and np.isfinite(period[c]):
             span = min(span, PAIR_OF_PERIOD * period[c])
+        a, b = max(0, c - reach), min(len(f) - 1, c + reach)
+        brightest = (a + int(np.argmax(f[a: c + 1])), c + int(np.argmax(f[c: b + 1])))
+        plain.append(_dark_band(f, c, *brightest, spacing, paired=False))
         pair = _endplate_pair(f, c, span)
-        if pair is not None:
-            left, right = pair
-        else:
-            a, b = max(0, c - reach), min(len(f) - 1, c + reach)
-            left = a + int(np.argmax(f[a: c + 1]))
-            right = c + int(np.argmax(f[c: b + 1]))
-        half = 1.5 / spacing
-        centre = float(c)
-        if left < c < right or pair is not None:
-            low = left + int(np.argmin(f[left: right + 1]))
-            depth = min(f[left], f[right]) - f[low]
-            if depth > 0.0 and left < low < right:
-                # The dark band: where the profile is below halfway up the dip.
-                level = f[low] + 0.5 * depth
-                lo_, hi_ = low, low
-                while lo_ - 1 > left and f[lo_ - 1] < level:
-                    lo_ -= 1
-                while hi_ + 1 < right and f[hi_ + 1] < level:
-                    hi_ += 1
-                centre = 0.5 * (lo_ + hi_)
-                half = max(half, 0.5 * (hi_ - lo_ + 1))
-        out.append(Disc(centre=centre, half=float(half), evidence=float(evidence[c])))
-    return out
+        paired.append(None if pair is None else _dark_band(f, c, *pair, spacing, paired=True))
+    # A pair may move a disc off its evidence peak, never off the spine's rhythm: a shift that
+    # makes the levels beside it fit the rhythm worse than the plain centre is not taken (a
+    # dip of marrow beside a thin disc's bright band is not the disc).
+    chosen = [q if q is not None else p for p, q in zip(plain, paired)]
+    if period is not None:
+        for _ in range(2):  # a neighbour's choice changes the levels beside this one
+            for i, c in enumerate(centres):
+                if paired[i] is None or not np.isfinite(period[c]):
+                    continue
+
+                def misfit(centre: float, i=i, c=c) -> float:
+                    # Levels beside the disc against the rhythm, and against each other.
+                    gaps = [max(abs(centre - chosen[j][0]), 1.0) for j in (i - 1, i + 1)
+                            if 0 <= j < len(centres)]
+                    out = sum(abs(np.log(g / period[c])) for g in gaps)
+                    return out + (abs(np.log(gaps[0] / gaps[1])) if len(gaps) == 2 else 0.0)
+
+                better = misfit(paired[i][0]) <= misfit(plain[i][0]) + RHYTHM_SLACK
+                chosen[i] = paired[i] if better else plain[i]
+    return [Disc(centre=centre, half=float(half), evidence=float(evidence[c]))
+            for c, (centre, half) in zip(centres, chosen)]
+
+
+def _dark_band(f: np.ndarray, c: int, left: int, right: int, spacing: float, *, paired: bool
+               ) -> tuple[float, float]:
+    """Centre and half thickness of the dark band between endplate peaks ``left`` and
+    ``right`` around ``c``; without one, ``c`` and 1.5 mm."""
+    half = 1.5 / spacing
+    centre = float(c)
+    if left < c < right or paired:
+        low = left + int(np.argmin(f[left: right + 1]))
+        depth = min(f[left], f[right]) - f[low]
+        if depth > 0.0 and left < low < right:
+            # The dark band: where the profile is below halfway up the dip.
+            level = f[low] + 0.5 * depth
+            lo_, hi_ = low, low
+            while lo_ - 1 > left and f[lo_ - 1] < level:
+                lo_ -= 1
+            while hi_ + 1 < right and f[hi_ + 1] < level:
+                hi_ += 1
+            centre = 0.5 * (lo_ + hi_)
+            half = max(half, 0.5 * (hi_ - lo_ + 1))
+    return centre, half
 
 
 def between_bodies(discs: list[Disc], profile: np.ndarray, bone_hu: float, spacing: float,
