@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 from collections import defaultdict
 from pathlib import Path
 
@@ -197,7 +198,18 @@ def _walk(root: Path):
         dirnames.sort()  # walk order must not depend on the file system
         rel = Path(dirpath).relative_to(root).as_posix()
         for name in sorted(filenames):
-            yield os.path.join(dirpath, name), rel
+            path = os.path.join(dirpath, name)
+            # Only regular files (or links to them) are opened: reading a FIFO blocks until
+            # someone writes to it, and a socket or a device is not a file of a series.
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as exc:
+                logger.warning("skipping %s: %s", path, exc.strerror)
+                continue
+            if not stat.S_ISREG(mode):
+                logger.warning("skipping %s: not a regular file (a FIFO, socket or device)", path)
+                continue
+            yield path, rel
 
 
 def _nouid_key(h: _Header) -> str:

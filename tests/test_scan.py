@@ -89,6 +89,36 @@ def test_relative_root_gives_absolute_files(tmp_path, monkeypatch):
     assert all(f.startswith(str(tmp_path)) for f in found.files)
 
 
+def test_fifo_socket_and_broken_link_are_skipped_not_opened(tmp_path):
+    """A FIFO in the input folder used to block the scan forever (reading it waits for a
+    writer): only regular files are opened.  Run in a child process with a deadline, so a
+    regression fails instead of hanging the suite."""
+    import socket
+    import subprocess
+    import sys
+    import textwrap
+
+    write_ct_series(tmp_path / "ct", n_slices=3)
+    os.mkfifo(tmp_path / "ct" / "pipe.dcm")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "ct" / "sock.dcm"))
+    os.symlink(tmp_path / "nowhere", tmp_path / "ct" / "broken.dcm")
+    code = textwrap.dedent(f"""
+        from pathlib import Path
+        from spine_idc.scan import scan_folder
+        found = scan_folder(Path({str(tmp_path)!r}), workers=1)
+        print(len(found), len(found[0].files))
+    """)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60)
+    finally:
+        sock.close()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "3"]
+    assert "pipe.dcm: not a regular file" in out.stderr
+
+
 def test_scan_rejects_a_file_as_root(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(NotADirectoryError):
