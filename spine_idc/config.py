@@ -107,7 +107,40 @@ def validate_config(raw: dict | None) -> dict:
             "invalid configuration:\n" + "\n".join(lines),
             hint="see workflow/schemas/config.schema.yaml for every key, its type and default",
         )
+    reject_credentials_in_urls(data)
     return data
+
+
+#: Keys whose value is a URL (dotted paths into the configuration).
+URL_KEYS = ("dicomweb_url", "publish.url", "download.endpoint_url")
+
+
+def reject_credentials_in_urls(data: dict) -> None:
+    """A user name or password inside a URL (``http://user:secret@host/``) would be sent, and
+    also written to every log and to Snakemake's metadata, so it is refused here, before any
+    job runs."""
+    from urllib.parse import urlsplit
+
+    for key in URL_KEYS:
+        value: object = data
+        for part in key.split("."):
+            value = value.get(part, "") if isinstance(value, dict) else ""
+        if not isinstance(value, str) or not value:
+            continue
+        try:
+            parts = urlsplit(value)
+            userinfo = parts.username is not None or parts.password is not None
+        except ValueError:
+            userinfo = "@" in value.split("/")[2] if value.count("/") >= 2 else False
+        if userinfo:
+            scheme_host = value.split("@", 1)[-1]
+            raise ConfigError(
+                f"{key} holds a user name or password (…@{scheme_host}): credentials never go "
+                "into a URL, where they would be written to the logs",
+                hint="remove them from the URL and set SPINE_IDC_DICOMWEB_TOKEN, or "
+                     "SPINE_IDC_DICOMWEB_USER and SPINE_IDC_DICOMWEB_PASSWORD, with "
+                     "dicomweb.auth / publish.auth: env",
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -103,3 +103,40 @@ def test_nested_command_line_values_are_coerced():
     assert data["convert"]["repair_blank_uids"] is True
     with pytest.raises(ConfigError):
         validate_config({"phantom": {"count": "two"}})
+
+
+@pytest.mark.parametrize("key, url", [
+    ("dicomweb_url", "http://reader:s3cr3t-pw@localhost:8042/dicom-web"),
+    ("dicomweb_url", "https://s3cr3t-pw@healthcare.example/dicomWeb"),
+    ("publish.url", "http://writer:s3cr3t-pw@localhost:8042/dicom-web"),
+    ("download.endpoint_url", "https://key:s3cr3t-pw@s3.example"),
+])
+def test_credentials_in_urls_are_refused(key, url):
+    section, _, leaf = key.rpartition(".")
+    raw = {"source": "dicomweb", "dicomweb_url": "http://localhost:8042/dicom-web"}
+    if section:
+        raw[section] = {leaf: url}
+    else:
+        raw[leaf] = url
+    with pytest.raises(ConfigError) as err:
+        Config.from_dict(raw)
+    text = str(err.value) + str(getattr(err.value, "hint", ""))
+    assert key in text and "SPINE_IDC_DICOMWEB_TOKEN" in text
+    assert "s3cr3t-pw" not in text  # the refusal itself must not leak it
+
+
+def test_snakemake_refuses_a_password_in_the_url_before_any_job(tmp_path):
+    """The password used to reach logs/manifest.log, the Snakemake log and .snakemake/metadata."""
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
+         "-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
+         "--config", "source=dicomweb",
+         "dicomweb_url=http://user:s3cr3t-pw@127.0.0.1:9/dicom-web"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode != 0
+    assert "credentials never go into a URL" in out.stdout + out.stderr
+    assert "s3cr3t-pw" not in out.stdout + out.stderr
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "results").exists()
+    assert not any("s3cr3t-pw" in p.read_text(errors="replace")
+                   for p in tmp_path.rglob("*") if p.is_file())
