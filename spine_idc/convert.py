@@ -5,7 +5,7 @@ missing or duplicated slices, tilted or mixed geometry, scouts, blank UIDs) rais
 :class:`~spine_idc.errors.InvalidSeriesError` with a stable ``reason``:
 
 ``unreadable``, ``not-ct``, ``localizer``, ``multi-frame``, ``mixed-series``, ``blank-uid``,
-``duplicate-uid``, ``duplicate-position``, ``bad-rescale``, ``missing-geometry``, ``mixed-geometry``, ``too-few-slices``,
+``duplicate-uid``, ``duplicate-position``, ``bad-rescale``, ``implausible-hu``, ``missing-geometry``, ``mixed-geometry``, ``too-few-slices``,
 ``gantry-tilt``, ``missing-slices``, ``irregular-spacing``.
 
 The volume follows the conventions of :mod:`spine_idc.volume`: ``array[i, j, k]`` = column
@@ -350,6 +350,14 @@ def _rescale(s: _Slice, fail) -> tuple[float, float]:
     return out[0], out[1]
 
 
+#: CT numbers a real CT can hold: extended-scale scanners store up to about 30,700 HU within
+#: 16-bit signed values; below, air is -1000 and padding outside the field of view at most
+#: 16-bit signed's minimum less a usual intercept of -1024.  Values beyond are a misread
+#: (signed pixels labelled unsigned reach 64,500) or a broken rescale, not tissue.
+MAX_HU = 32767.0
+MIN_HU = -32768.0 - 1024.0
+
+
 def _decode(slices: list[_Slice], shape: tuple[int, int], fail) -> np.ndarray:
     """Decode and rescale to HU: int16 when exact, float32 otherwise."""
     checked = {}
@@ -364,6 +372,7 @@ def _decode(slices: list[_Slice], shape: tuple[int, int], fail) -> np.ndarray:
             checked[ts] = _decoder_problem(ts)
         if checked[ts]:
             fail("unreadable", checked[ts], s.path)
+        pixel_repr = s.ds.get("PixelRepresentation", "?")
         try:
             pixels = s.ds.pixel_array
         except Exception as exc:
@@ -372,6 +381,16 @@ def _decode(slices: list[_Slice], shape: tuple[int, int], fail) -> np.ndarray:
             fail("unreadable", f"decoded pixels have shape {pixels.shape}, header says {shape}",
                  s.path)
         hu = pixels.astype(np.float64) * slope + intercept
+        if not np.isfinite(hu).all():
+            fail("bad-rescale", f"RescaleSlope {slope:g} and RescaleIntercept {intercept:g} give "
+                 "CT numbers that are not finite", s.path)
+        lo, hi = float(hu.min()), float(hu.max())
+        if lo < MIN_HU or hi > MAX_HU:
+            fail("implausible-hu",
+                 f"CT numbers {lo:.6g} to {hi:.6g} HU (RescaleSlope {slope:g}, RescaleIntercept "
+                 f"{intercept:g}, PixelRepresentation {pixel_repr}) are outside what a CT can "
+                 f"hold ({MIN_HU:g} to {MAX_HU:g})", s.path,
+                 hint="signed pixel data labelled unsigned, or a broken rescale")
         if out.dtype == np.int16 and (hu.min() < -32768 or hu.max() > 32767):
             logger.debug("HU outside int16 in %s: storing float32", s.path)
             out = out.astype(np.float32)

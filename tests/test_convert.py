@@ -361,6 +361,28 @@ def test_malformed_rescale_is_rejected_not_guessed(series):
     fails(series, "bad-rescale", series[3])
 
 
+def test_huge_slope_is_a_series_failure_not_infinite_hu(series):
+    """RescaleSlope 1e300 gave inf voxels (a numpy warning only), then a SEG naming thoracic
+    vertebrae lumbar: it is a failure of the series, before segmentation."""
+    edit(series[4], RescaleSlope="1e300")
+    fails(series, "implausible-hu", series[4])
+
+
+def test_signed_pixels_labelled_unsigned_are_refused(series):
+    """Air stored as -1000 in signed pixels but labelled unsigned reads as 64,536 HU."""
+    ds = pydicom.dcmread(series[2])
+    pixels = np.full((ds.Rows, ds.Columns), -1000, np.int16)
+    pixels[4:8, 4:8] = 300
+    ds.PixelData = pixels.tobytes()
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope, ds.RescaleIntercept = "1", "0"
+    ds.save_as(series[2])
+    with pytest.raises(InvalidSeriesError) as info:
+        load_series(series, KEY, ConvertOptions())
+    assert info.value.reason == "implausible-hu"
+    assert "PixelRepresentation 0" in str(info.value) and "64536" in str(info.value)
+
+
 def test_zero_slope_is_rejected(series):
     edit(series[5], RescaleSlope=0)
     fails(series, "bad-rescale", series[5])
