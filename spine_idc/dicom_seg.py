@@ -87,6 +87,47 @@ def tracking_uid(info: SeriesInfo, algorithm: AlgorithmInfo, level_name: str) ->
     )
 
 
+#: Date-time attributes highdicom fills with the wall clock.  They are set from the source
+#: series instead, so that an unchanged input gives byte-identical outputs (and publishing can
+#: tell a real change from none): the content is *of* that acquisition, by a fixed algorithm.
+_DATE_TIME_PAIRS = (("ContentDate", "ContentTime"), ("InstanceCreationDate", "InstanceCreationTime"),
+                    ("SeriesDate", "SeriesTime"))
+
+
+def source_date_time(datasets: Sequence) -> tuple[str, str]:
+    """The source series' date and time (its series', else content's, else study's), or the
+    DICOM epoch when it carries none."""
+    first = datasets[0] if datasets else None
+    for d_kw, t_kw in (("SeriesDate", "SeriesTime"), ("ContentDate", "ContentTime"),
+                       ("StudyDate", "StudyTime"), ("AcquisitionDate", "AcquisitionTime")):
+        date = str(getattr(first, d_kw, "") or "") if first is not None else ""
+        if len(date) == 8 and date.isdigit():
+            time_ = str(getattr(first, t_kw, "") or "").split(".")[0]
+            return date, time_ if time_.isdigit() and len(time_) in (2, 4, 6) else "000000"
+    return "19700101", "000000"
+
+
+def pin_volatile(dataset, info: SeriesInfo, algorithm: AlgorithmInfo, kind: str,
+                 when: tuple[str, str]) -> None:
+    """Replace, in place, what highdicom draws at random or from the clock: the Dimension
+    Organization UID (derived like the other UIDs) and the creation/content dates and times,
+    and the contributing equipment's ContributionDateTime (set to ``when``)."""
+    date, time_ = when
+    for d_kw, t_kw in _DATE_TIME_PAIRS:
+        if d_kw in dataset:
+            setattr(dataset, d_kw, date)
+        if t_kw in dataset:
+            setattr(dataset, t_kw, time_)
+    for item in dataset.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = date + time_
+    uid = output_uid(info, algorithm, kind, "dimension-organization")
+    for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
+        for item in dataset.get(keyword, []):
+            if "DimensionOrganizationUID" in item:
+                item.DimensionOrganizationUID = uid
+
+
 def read_source_headers(info: SeriesInfo) -> list:
     """Headers of the source instances in slice order ``k`` (pixel data is not read).
 
@@ -343,6 +384,7 @@ def build_seg(
         series_description=f"Vertebrae ({algorithm.name})"[:64],
         omit_empty_frames=True,
     )
+    pin_volatile(seg, info, algorithm, "seg", source_date_time(datasets))
     log.info(
         "%s: SEG with %d segments, %d frames built in %.1f s",
         info.series_key, len(order), int(seg.NumberOfFrames), time.perf_counter() - t0,

@@ -42,6 +42,7 @@ from .dicom_seg import (
     AlgorithmInfo,
     deterministic_uid,
     output_uid,
+    pin_volatile,
     save_dataset,
     tracking_uid,
 )
@@ -229,6 +230,11 @@ def build_sr(
             )
         ],
     )
+    # Dates and times from the SEG it reports on (themselves the source series'), so an
+    # unchanged input gives identical bytes.
+    when = (str(getattr(seg_dataset, "ContentDate", "") or ""),
+            str(getattr(seg_dataset, "ContentTime", "") or ""))
+    pin_volatile(sr, info, algorithm, "sr", when if when[0] else ("19700101", "000000"))
     log.info("%s: SR with %d groups built in %.2f s", info.series_key, len(groups),
              time.perf_counter() - t0)
     return sr

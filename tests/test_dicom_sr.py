@@ -51,6 +51,8 @@ def case(tmp_path):
     ctv = Volume(hu, ct.affine)
     measurements = measure_vertebrae(ctv, Volume(labels, ct.affine), Volume(bodies, ct.affine))
     seg_path = write_seg(Volume(labels, ct.affine), info, ALGORITHM, tmp_path / "seg.dcm")
+    np.save(tmp_path / "labels.npy", labels)
+    np.save(tmp_path / "affine.npy", ct.affine)
     return info, measurements, pydicom.dcmread(seg_path), tmp_path
 
 
@@ -144,6 +146,38 @@ def test_sr_uids_are_deterministic(case):
     assert (a.SOPInstanceUID, a.SeriesInstanceUID) == (b.SOPInstanceUID, b.SeriesInstanceUID)
     assert a.SOPInstanceUID not in (seg.SOPInstanceUID, seg.SeriesInstanceUID)
     assert a.SeriesInstanceUID != seg.SeriesInstanceUID
+
+
+def test_unchanged_inputs_give_identical_bytes(case):
+    """A re-run writes the same SEG and SR, byte for byte: no random Dimension Organization
+    UID, no wall-clock dates (they come from the source series)."""
+    import time as _time
+
+    info, measurements, seg, tmp_path = case
+    paths = []
+    for run in range(2):
+        if run:
+            _time.sleep(1.1)  # the clock's seconds move on between the runs
+        seg_ds = build_seg_again(case)
+        p_seg = tmp_path / f"seg{run}.dcm"
+        seg_ds.save_as(p_seg, enforce_file_format=True)
+        p_sr = tmp_path / f"sr{run}.dcm"
+        build_sr(measurements, pydicom.dcmread(p_seg), info, ALGORITHM).save_as(
+            p_sr, enforce_file_format=True)
+        paths.append((p_seg, p_sr))
+    (seg0, sr0), (seg1, sr1) = paths
+    assert seg0.read_bytes() == seg1.read_bytes()
+    assert sr0.read_bytes() == sr1.read_bytes()
+    ds = pydicom.dcmread(sr0)
+    assert ds.ContentDate == pydicom.dcmread(seg0).ContentDate
+
+
+def build_seg_again(case):
+    from spine_idc.dicom_seg import build_seg
+
+    info, _, seg, tmp_path = case
+    labels = np.load(tmp_path / "labels.npy")
+    return build_seg(Volume(labels, np.load(tmp_path / "affine.npy")), info, ALGORITHM)
 
 
 def test_missing_values_are_left_out_and_flagged(case):
