@@ -189,3 +189,16 @@ def test_killed_run_resumes(tmp_path, demo_run):
         a = pydicom.dcmread(tmp_path / "results" / "series" / key / "seg.dcm", stop_before_pixels=True)
         b = pydicom.dcmread(demo_run / "results" / "series" / key / "seg.dcm", stop_before_pixels=True)
         assert a.SOPInstanceUID == b.SOPInstanceUID
+
+
+def test_config_strings_with_braces_are_not_wildcards(tmp_path, demo_run):
+    """A local folder named with braces and the documented viewer template placeholders used
+    to stop the run with a WildcardError: config reaches the rules as it is."""
+    folder = tmp_path / "in{x}"
+    shutil.copytree(demo_run / "resources" / "phantoms", folder)
+    work = tmp_path / "run"
+    snakemake(work, "source=local", f"input_dir={folder}",
+              "publish={'viewer_template': 'http://viewer.example/{study}/{series}'}")
+    keys = _keys(work)
+    assert len(keys) == 2
+    check_outputs(work, keys)

@@ -73,6 +73,13 @@ def shard_outputs(stage):
     return {"pack": done(stage)} if PACKS else {"marker": done(stage)}
 
 
+def literal(value):
+    """A params value Snakemake passes through as it is: a plain string param is read as a
+    wildcard pattern, so a config string holding ``{study}`` (a documented viewer template),
+    a regex like ``^ax{1,2}`` or a folder with braces would stop the run."""
+    return lambda wildcards: value
+
+
 def marker(stage):
     """Param: where the job writes its marker (the output, or a file that goes into the pack)."""
     return lambda wildcards, output: (
@@ -107,9 +114,21 @@ def manifest_input(wildcards):
     """The folder the manifest scans (local and phantom sources); remote sources need none."""
     if config["source"] == "phantom":
         return {"folder": P["phantoms"]}
-    if config["source"] == "local":
+    if config["source"] == "local" and not set("{}") & set(str(config["input_dir"])):
         return {"folder": config["input_dir"]}
+    # Input paths are read as wildcard patterns: a folder whose name holds braces would stop
+    # the run, so it reaches the job as a parameter only (folder_arg); the manifest step
+    # reports a missing folder itself.
     return {}
+
+
+def folder_arg(wildcards, input):
+    """The manifest's --input-dir: the generated phantoms, or the configured local folder."""
+    if "folder" in input.keys():
+        return f"--input-dir {shlex.quote(input.folder)}"
+    if config["source"] == "local":
+        return f"--input-dir {shlex.quote(str(config['input_dir']))}"
+    return ""
 
 
 def convert_input(wildcards):

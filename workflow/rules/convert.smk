@@ -9,7 +9,7 @@ rule convert:
     output:
         **shard_outputs("convert"),
     params:
-        options=section_json(config, "convert"),
+        options=literal(section_json(config, "convert")),
         packs=pack_args,
         marker=marker("convert"),
     log:

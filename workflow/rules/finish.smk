@@ -10,7 +10,7 @@ rule finish:
     output:
         **shard_outputs("finish"),
     params:
-        options=section_json(config, "measure"),
+        options=literal(section_json(config, "measure")),
         packs=pack_args,
         marker=marker("finish"),
     log:

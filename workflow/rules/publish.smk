@@ -11,7 +11,7 @@ rule publish:
     output:
         **shard_outputs("publish"),
     params:
-        options=section_json(config, "publish"),
+        options=literal(section_json(config, "publish")),
         packs=pack_args,
         marker=marker("publish"),
     retries: config["publish"]["retries"]

@@ -11,7 +11,7 @@ rule segment:
     output:
         **shard_outputs("segment"),
     params:
-        options=section_json(config, "segment"),
+        options=literal(section_json(config, "segment")),
         packs=pack_args,
         marker=marker("segment"),
         model=model_arg,

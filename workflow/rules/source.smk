@@ -10,7 +10,7 @@ rule phantoms:
     output:
         directory(P["phantoms"]),
     params:
-        options=section_json(config, "phantom"),
+        options=literal(section_json(config, "phantom")),
     log:
         f"{P['logs']}/phantoms.log",
     localrule: True
@@ -29,10 +29,8 @@ checkpoint manifest:
         shards=directory(P["shards"]),
     params:
         # Only what defines the cohort, so that other settings do not re-select it.
-        config=cohort_config_json(config),
-        folder=lambda wildcards, input: (
-            f"--input-dir {shlex.quote(input.folder)}" if "folder" in input.keys() else ""
-        ),
+        config=literal(cohort_config_json(config)),
+        folder=folder_arg,
     log:
         f"{P['logs']}/manifest.log",
     localrule: True
@@ -51,7 +49,7 @@ rule download:
     output:
         **shard_outputs("download"),
     params:
-        options=remote_config_json(config),
+        options=literal(remote_config_json(config)),
         packs=pack_args,
         marker=marker("download"),
     retries: config["download"]["retries"]
