@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import SpineIdcError
+from .errors import MachineFault, SpineIdcError
 
 log = logging.getLogger("spine_idc")
 
@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SpineIdcError as e:
-        log.error("%s", e)
+        # A fault of the machine keeps its traceback (which file, which call) in the job's log.
+        log.error("%s", e, exc_info=e if isinstance(e, MachineFault) else None)
         return 1
 
 

@@ -3,10 +3,14 @@
 Every error carries enough context for a person reading a log or ``failures.csv`` to know which
 series failed, why, and what to do about it.  Bad input is a :class:`SeriesError`: the workflow
 records it for that series and goes on with the others.  Anything else is a bug or a broken
-installation and is allowed to stop the job.
+installation and is allowed to stop the job.  A fault of the machine (a full disk, a read-only
+folder, an I/O error, no file handles or memory left: :func:`machine_fault`) is never recorded
+against a series, whatever it was raised as: the job fails, and a later run redoes the work.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class SpineIdcError(Exception):
@@ -80,3 +84,55 @@ class TransientError(SpineIdcError):
 
 class NetworkUnreachable(SpineIdcError):
     """An endpoint that the run needs cannot be reached at all; nothing is tried per series."""
+
+
+class MachineFault(SpineIdcError):
+    """A fault of the machine met while working on a series: nothing is recorded, the job fails.
+
+    Raised from the original error (``__cause__``), so the job log keeps its traceback.
+    """
+
+
+#: ``errno`` values that say something about the machine (disk, quota, file handles, memory),
+#: not about the series being worked on.  EFBIG: a file-size limit (``ulimit -f``) or a
+#: filesystem's largest file.
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE,
+                            errno.ENFILE, errno.ENOMEM, errno.EFBIG})
+
+
+def machine_fault(exc: BaseException) -> BaseException | None:
+    """The fault of the machine behind ``exc`` (itself, or what it was raised from or while
+    handling), or ``None`` if ``exc`` says nothing about the machine.
+
+    A :class:`SeriesError` raised because a file could not be read (``EIO``) or written
+    (``ENOSPC``) is a machine fault too: the series' data are not to blame.  This is the one
+    place that tells the two apart; every stage that records per-series failures asks it first.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (MachineFault, MemoryError)):
+            return exc
+        if isinstance(exc, OSError) and exc.errno in MACHINE_ERRNOS:
+            return exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return None
+
+
+def raise_if_machine_fault(exc: BaseException, series: str, stage: str) -> None:
+    """Raise :class:`MachineFault` (from ``exc``) if ``exc`` is a fault of the machine.
+
+    Called where a stage would record ``exc`` against the series: the job must fail instead,
+    leave nothing behind for the series, and let the next run redo it.
+    """
+    fault = machine_fault(exc)
+    if fault is None:
+        return
+    if isinstance(fault, MachineFault):
+        raise fault
+    what = "out of memory" if isinstance(fault, MemoryError) else f"{type(fault).__name__}: {fault}"
+    raise MachineFault(
+        f"{stage} of series {series} stopped by a fault of this machine, not of the series ({what}); "
+        "nothing was recorded for the series",
+        hint="free disk space, quota, file handles or memory (or fix the folder), then run again: "
+             "the series is redone") from exc

@@ -35,7 +35,7 @@ from typing import Callable
 from . import layout
 from .atomic import atomic_dir, write_text
 from .config import SegmentConfig
-from .errors import ConfigError, SegmentationError, SeriesError
+from .errors import ConfigError, SegmentationError, SeriesError, machine_fault, raise_if_machine_fault
 from .outcome import Failure, read_failure, write_failure
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,11 @@ class _Loaded:
 
 
 def _record_error(job: SeriesJob, exc: BaseException, path: Path | None = None) -> Failure:
-    """``path``: the file being read or written when it happened (named in failures.csv)."""
+    """``path``: the file being read or written when it happened (named in failures.csv).
+
+    Raises :class:`~spine_idc.errors.MachineFault` instead for a fault of the machine.
+    """
+    raise_if_machine_fault(exc, job.key, "segment")
     if isinstance(exc, SeriesError):
         log.error("segment failed: %s", exc)
         return Failure.from_error("segment", exc)
@@ -130,21 +134,26 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
                     failure = _write_result(tmp, backend, loaded, outcome, algo, stepwise)
                 else:
                     write_failure(tmp, failure)
-        except Exception as exc:  # noqa: BLE001 - the disk, not the series: say so and go on
+        except Exception as exc:  # noqa: BLE001 - recorded, unless the machine is to blame
+            if machine_fault(exc) is not None:  # the disk, not the series: leave nothing behind
+                shutil.rmtree(job.out, ignore_errors=True)  # an older result is no longer current
+                raise_if_machine_fault(exc, job.key, "segment")
             log.exception("could not write the result of series %s", job.key)
             failure = _record_error(job, exc, path=job.out)
             try:  # record it, so that an older result cannot pass for this run's
                 with atomic_dir(job.out) as tmp:
                     write_failure(tmp, failure)
-            except Exception:  # noqa: BLE001 - nothing can be written: leave nothing, stamp nothing
-                log.exception("could not record the failure of series %s either", job.key)
+            except Exception as again:  # noqa: BLE001 - nothing can be written: leave nothing, stamp nothing
                 shutil.rmtree(job.out, ignore_errors=True)
+                raise_if_machine_fault(again, job.key, "segment")
+                log.exception("could not record the failure of series %s either", job.key)
                 results[job.key] = failure
                 return
         results[job.key] = failure
         try:
             done(job, failure)
-        except Exception:  # noqa: BLE001 - a missing stamp only means the series is redone
+        except Exception as exc:  # noqa: BLE001 - a missing stamp only means the series is redone
+            raise_if_machine_fault(exc, job.key, "segment")
             log.exception("series %s: could not record its completion", job.key)
 
     t_start = time.perf_counter()

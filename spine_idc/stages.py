@@ -16,13 +16,14 @@ from pathlib import Path
 from . import layout
 from .atomic import atomic_dir, write_text
 from .config import MeasureConfig, SegmentConfig
-from .errors import ConfigError, SegmentationError, SeriesError, SpineIdcError
+from .errors import ConfigError, SegmentationError, SeriesError, SpineIdcError, raise_if_machine_fault
 from .outcome import Failure, read_failure, write_failure
 
 log = logging.getLogger(__name__)
 
 
 def _record(stage: str, folder: Path, err: SeriesError) -> Failure:
+    raise_if_machine_fault(err, err.series, stage)  # e.g. a file unreadable for an I/O error
     log.error("%s failed: %s", stage, err)
     failure = Failure.from_error(stage, err)
     write_failure(folder, failure)
@@ -33,8 +34,11 @@ def _unexpected(stage: str, folder: Path, series_key: str, exc: Exception) -> Fa
     """Record an exception that no check anticipated, so one odd series cannot stop a cohort.
 
     The traceback goes to the job's log; ``failures.csv`` gets the type and message, under a
-    reason that says it is unexpected (worth a bug report, unlike a recorded bad input).
+    reason that says it is unexpected (worth a bug report, unlike a recorded bad input).  A fault
+    of the machine (:func:`~spine_idc.errors.machine_fault`) is raised instead: it is not the
+    series' to carry.
     """
+    raise_if_machine_fault(exc, series_key, stage)
     log.exception("%s of series %s raised an unexpected error", stage, series_key)
     err = SeriesError(series_key, f"{stage}-error", f"unexpected {type(exc).__name__}: {exc}",
                       hint="see the job log for the traceback; please report it")
@@ -251,7 +255,8 @@ def finish_series(converted: Path, segmented: Path, measure_options: MeasureConf
     """Measure, write the SEG, write the SR; record ``work/finish/<key>.json`` either way.
 
     A series that cannot be finished (bad input found late, or an unexpected error) is recorded
-    with the step that failed, so the cohort lists it instead of waiting for it.
+    with the step that failed, so the cohort lists it instead of waiting for it.  A fault of the
+    machine (a full disk while writing the SEG, say) is raised, and nothing is recorded.
     """
     steps = (
         ("measure", lambda: measure(converted, segmented, measure_options, layout.path("measure", series_key))),
@@ -264,9 +269,11 @@ def finish_series(converted: Path, segmented: Path, measure_options: MeasureConf
         try:
             run()
         except SeriesError as err:
+            raise_if_machine_fault(err, series_key, step)
             log.error("%s failed: %s", step, err)
             failure = Failure.from_error(step, err)
         except Exception as exc:  # noqa: BLE001 - recorded, see _unexpected
+            raise_if_machine_fault(exc, series_key, step)
             log.exception("%s of series %s raised an unexpected error", step, series_key)
             failure = Failure.from_error(step, SeriesError(
                 series_key, f"{step}-error", f"unexpected {type(exc).__name__}: {exc}",
@@ -368,6 +375,7 @@ def publish(converted: Path, seg: Path, sr: Path, series_key: str, options, out:
         record.update(store=result.store, viewer_url=result.viewer_url, seconds=round(result.seconds, 3),
                       instances=[{**dataclasses.asdict(i), "status": str(i.status)} for i in result.instances])
     except SeriesError as err:
+        raise_if_machine_fault(err, series_key, "publish")
         log.error("publish failed: %s", err)
         failure = Failure.from_error("publish", err)
     except TransientError as err:

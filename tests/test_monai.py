@@ -242,9 +242,11 @@ def test_a_shard_records_bad_series_and_finishes_the_rest(bundle, tmp_path):
 
 
 def test_a_failed_write_leaves_no_older_result_behind(bundle, tmp_path, monkeypatch):
-    """Disk trouble while writing: the series is recorded as failed (or left empty), never
-    left with an earlier run's labels that the next run would take as current."""
+    """Disk trouble while writing: the job stops (a fault of the machine is not the series'),
+    nothing is stamped, and no earlier run's labels are left that the next run would take as
+    current."""
     import spine_idc.volume
+    from spine_idc.errors import MachineFault
 
     ph = make_phantom(spec_for_seed(HELD_BACK[0], levels=LEVELS))
     conv = tmp_path / "convert" / "s"
@@ -262,13 +264,10 @@ def test_a_failed_write_leaves_no_older_result_behind(bundle, tmp_path, monkeypa
 
     monkeypatch.setattr(spine_idc.volume, "write_nifti", full_disk)
     stamped = []
-    results = segment_batch.run([job], SegmentConfig("monai", model=str(bundle), device="cpu"),
-                                done=lambda j, f: stamped.append(f))
-    assert results["s"].reason == "segment-error" and "No space left" in results["s"].message
-    assert not (job.out / layout.LABELS).exists()
-    from spine_idc.outcome import read_failure
-
-    assert read_failure(job.out).reason == "segment-error" and stamped == [results["s"]]
+    with pytest.raises(MachineFault, match="No space left"):
+        segment_batch.run([job], SegmentConfig("monai", model=str(bundle), device="cpu"),
+                          done=lambda j, f: stamped.append(f))
+    assert not job.out.exists() and stamped == []
 
 
 def test_a_missing_model_stops_the_shard_before_any_series(tmp_path, monkeypatch):

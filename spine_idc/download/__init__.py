@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from ..atomic import atomic_dir, write_text
-from ..errors import SeriesError, SpineIdcError, TransientError
+from ..errors import SeriesError, SpineIdcError, TransientError, raise_if_machine_fault
 from ..outcome import Failure, write_failure
 from .verify import verify_series
 
@@ -118,6 +118,7 @@ def download_series(row, out_dir: Path, remote: Remote, *, attempt: int = 1) -> 
                         raise
                     log.warning("%s; fetching the series once more", err)
         except SeriesError as err:
+            raise_if_machine_fault(err, row.series_key, "download")  # a disk error, not the data
             log.error("%s", err)
             return _record(tmp, err, row)
         except SpineIdcError as err:

@@ -14,8 +14,9 @@ errors:
   failures, 5xx and throttling, a stalled transfer or the overall timeout, and anything s5cmd
   reports that is not recognised as permanent.  s5cmd has already retried each request
   (``--retry-count``, exponential backoff) before this is raised.
-* :class:`~spine_idc.errors.SpineIdcError`: the local disk refused the files (full, read-only)
-  or s5cmd is missing; that is the machine's problem, not the series'.
+* :class:`~spine_idc.errors.MachineFault`: the local disk refused the files (full, read-only,
+  over quota); :class:`~spine_idc.errors.SpineIdcError`: s5cmd is missing.  That is the
+  machine's problem, not the series'.
 
 What s5cmd prints, as seen against a local S3 server (moto) through a fault-injecting proxy
 (``tests/test_download_s3.py`` keeps these cases honest): every failure exits 1, with one
@@ -45,7 +46,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..errors import SeriesError, SpineIdcError, TransientError
+from ..errors import MachineFault, SeriesError, SpineIdcError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +264,10 @@ def fetch_s3_series(location: str, dest: Path, *, series_key: str,
         ``bad-location``, ``not-found`` or ``forbidden``.
     TransientError
         A network or server fault outlived s5cmd's retries, or a timeout.
+    MachineFault
+        The local disk refused the files.
     SpineIdcError
-        s5cmd is missing, or the local disk refused the files.
+        s5cmd is missing.
     """
     prefix = parse_location(location, series_key=series_key)
     dest = Path(dest)
@@ -296,7 +299,7 @@ def fetch_s3_series(location: str, dest: Path, *, series_key: str,
         raise SeriesError(series_key, "forbidden", f"{where} refuses unsigned reads{said}",
                           hint="IDC's buckets are public; check download.endpoint_url")
     if fault is Fault.LOCAL:
-        raise SpineIdcError(f"series {series_key}: could not write the files of {where} into "
+        raise MachineFault(f"series {series_key}: could not write the files of {where} into "
                             f"{dest}{said}", hint="free disk space or fix permissions")
     failed = [line for line in error_lines(stderr) if _COMMAND.match(line)]
     what = ("listing failed" if any(prefix.wildcard in line for line in failed)
