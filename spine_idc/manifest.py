@@ -65,15 +65,19 @@ def _validator():
     return jsonschema.Draft202012Validator(load_schema("manifest"))
 
 
+def _row_problems(validator, row: ManifestRow) -> list[str]:
+    """What is wrong with one row, against the manifest's schema (empty if nothing)."""
+    return [f"{'.'.join(str(p) for p in err.absolute_path) or 'row'}: {err.message}"
+            for err in validator.iter_errors(dataclasses.asdict(row))]
+
+
 def validate_rows(rows: list[ManifestRow]) -> None:
     """Raise :class:`ManifestError` naming the first bad rows; keys must also be unique."""
     validator = _validator()
     problems = []
     seen: set[str] = set()
     for i, row in enumerate(rows, start=1):
-        for err in validator.iter_errors(dataclasses.asdict(row)):
-            where = ".".join(str(p) for p in err.absolute_path) or "row"
-            problems.append(f"row {i} ({row.series_key!r}) {where}: {err.message}")
+        problems += [f"row {i} ({row.series_key!r}) {p}" for p in _row_problems(validator, row)]
         if row.series_key in seen:
             problems.append(f"row {i}: series_key {row.series_key!r} appears twice")
         seen.add(row.series_key)
@@ -160,16 +164,29 @@ def rows_from_records(records: list[dict], source: str) -> list[ManifestRow]:
     """Manifest rows from query records (IDC index, BigQuery or QIDO-RS search results).
 
     Records carry every manifest column except ``source`` and ``file_list``; remote series are
-    downloaded by the workflow, so they have no local file list.
+    downloaded by the workflow, so they have no local file list.  A record that cannot be a
+    manifest row (a column missing, a count that is not a number, a key that is not a UID) is
+    left out with a one-line warning naming it: one bad record must not stop the cohort.
     """
     names = set(FIELDS) - {"source", "file_list"}
+    validator = _validator()
     rows = []
     for rec in records:
-        missing = names - set(rec)
-        if missing:
-            raise ManifestError(f"query record for {rec.get('series_key')!r} lacks {sorted(missing)}")
-        values = {k: rec[k] for k in names}
-        values["n_instances"] = int(values["n_instances"])
-        values["size_mb"] = round(float(values["size_mb"] or 0.0), 3)
-        rows.append(ManifestRow(source=source, file_list="", **values))
+        key = rec.get("series_key") if isinstance(rec, dict) else None
+        try:
+            missing = names - set(rec)
+            if missing:
+                raise ValueError(f"lacks {sorted(missing)}")
+            values = {k: rec[k] for k in names}
+            values["n_instances"] = int(values["n_instances"])
+            values["size_mb"] = round(float(values["size_mb"] or 0.0), 3)
+            row = ManifestRow(source=source, file_list="", **values)
+            problems = _row_problems(validator, row)
+            if problems:
+                raise ValueError("; ".join(problems))
+        except (ValueError, TypeError) as e:
+            log.warning("skipping %s series %r: malformed record: %s", source, key,
+                        " ".join(str(e).split())[:300])
+            continue
+        rows.append(row)
     return rows

@@ -54,3 +54,26 @@ def test_tampered_file_fails_on_read(tmp_path):
 def test_missing_manifest(tmp_path):
     with pytest.raises(ManifestError, match="not found"):
         read_manifest(tmp_path / "absent.tsv")
+
+
+def test_a_malformed_query_record_is_skipped_with_a_warning(caplog):
+    """One bad record of a search (IDC or QIDO-RS) used to stop the whole cohort."""
+    import dataclasses
+    import logging
+
+    from spine_idc.manifest import rows_from_records
+
+    def record(key, **kw):
+        rec = {k: v for k, v in dataclasses.asdict(row(key)).items() if k not in ("source", "file_list")}
+        rec.update(location=f"s3://idc-open-data/{key}/", **kw)
+        return rec
+
+    records = [record("1.2.3.1"), record("../../x"), record("1.2.3.3", n_instances="many"),
+               {k: v for k, v in record("1.2.3.4").items() if k != "patient_id"}, record("1.2.3.5")]
+    caplog.set_level(logging.WARNING)
+    rows = rows_from_records(records, "idc")
+    assert [r.series_key for r in rows] == ["1.2.3.1", "1.2.3.5"]
+    warned = [r.getMessage() for r in caplog.records]
+    for key, why in (("../../x", "series_key"), ("1.2.3.3", "many"), ("1.2.3.4", "patient_id")):
+        said = [w for w in warned if repr(key) in w]
+        assert len(said) == 1 and why in said[0], warned

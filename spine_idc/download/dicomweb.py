@@ -186,8 +186,10 @@ def search_series(
 
     Each record has the keys ``series_key``, ``series_instance_uid``, ``study_instance_uid``,
     ``patient_id``, ``modality``, ``series_description``, ``n_instances``, ``collection_id``,
-    ``body_part``, ``license``, ``size_mb``, ``location`` and ``index_version``.  Series whose
-    SeriesInstanceUID is not a valid UID are left out with a warning.
+    ``body_part``, ``license``, ``size_mb``, ``location`` and ``index_version``.  A malformed
+    record (a SeriesInstanceUID or StudyInstanceUID that is missing or not a valid UID, an
+    attribute that is not DICOM JSON) is left out with a one-line warning naming it; the other
+    series go on.
 
     Raises
     ------
@@ -207,11 +209,19 @@ def search_series(
     )
     records = {}
     for item in items:
-        uid = _text(item, SERIES_UID)
+        uid, study = _text(item, SERIES_UID), _text(item, STUDY_UID)
         if not is_valid_uid(uid):
-            log.warning("%s: skipping series with invalid SeriesInstanceUID %r", server, uid)
+            log.warning("%s: skipping series with invalid SeriesInstanceUID %r (study %r)",
+                        server, _shown(uid), _shown(study))
             continue
-        records[uid] = _series_record(client, item, page_size=page_size)
+        if not is_valid_uid(study):
+            log.warning("%s: skipping series %s: invalid StudyInstanceUID %r", server, uid, _shown(study))
+            continue
+        try:
+            records[uid] = _series_record(client, item, page_size=page_size)
+        except (ValueError, TypeError, AttributeError, KeyError) as e:  # what the server sent
+            log.warning("%s: skipping series %s (study %s): malformed QIDO-RS record: %s",
+                        server, uid, study, _shown(f"{type(e).__name__}: {e}"))
     log.info("%s: %d %s series", server, len(records), modality)
     return [records[uid] for uid in sorted(records)]
 
@@ -290,9 +300,17 @@ def _search_http_error(e: requests.HTTPError, what: str) -> Exception:
     return ConfigError(message)
 
 
+def _shown(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut to ``limit`` characters: it came from a server."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _value(item: dict, tag: str):
-    values = item.get(tag, {}).get("Value") or [None]
-    value = values[0]
+    """The first value of ``tag`` in a DICOM JSON record; ``None`` if absent or malformed."""
+    attribute = item.get(tag) if isinstance(item, dict) else None
+    values = (attribute.get("Value") if isinstance(attribute, dict) else None) or [None]
+    value = values[0] if isinstance(values, list) else None
     if isinstance(value, dict):  # a person name: {"Alphabetic": "..."}
         value = value.get("Alphabetic", "")
     return value
