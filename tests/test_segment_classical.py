@@ -335,6 +335,29 @@ def test_naming_from_anchors(case):
         assert naming.transitional == case
 
 
+def test_end_of_rib_cage_cut_by_the_view():
+    """A rib-free vertebra cut by the end of the view verifies the end of the rib cage only
+    when the view shows as much of its body as its rib-bearing neighbour's whole body (the
+    top of a chest CT that cuts C7 above its upper endplate); a shorter piece (perhaps a T1
+    whose first rib is out of view) does not, and the names are withheld."""
+    from spine_idc.segment.naming import name_vertebrae
+
+    codes = ["--", "RR", "RR", "RR", "RR"]  # cranio-caudally
+    ribs = [_sides(c) for c in reversed(codes)]
+    complete = [True, True, True, True, False]  # internal order: the top one is cut
+    seen = [18.0, 17.5, 17.0, 16.5, 17.0]
+    whole = name_vertebrae(ribs, None, False, complete, [None] * 5, seen)
+    names = [coding.level_for_value(v).name for v in reversed(whole.values)]
+    assert whole.identified and names == ["C7", "T1", "T2", "T3", "T4"]
+    assert whole.confidence[-1] < whole.confidence[-2]  # the cut one is less sure
+    seen[-1] = 12.0  # only part of the top vertebra's body is in view
+    piece = name_vertebrae(ribs, None, False, complete, [None] * 5, seen)
+    assert not piece.identified
+    assert any("no verified anchor" in w for w in piece.warnings)
+    # Without body lengths nothing changes: a cut end vertebra verifies nothing.
+    assert not name_vertebrae(ribs, None, False, complete, [None] * 5).identified
+
+
 def test_naming_checks_level_lengths():
     """Names whose levels do not fit one scale (a 'level' twice its neighbours' length: a
     missed disc) are withheld."""

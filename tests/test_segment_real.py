@@ -198,10 +198,14 @@ def test_thorax_bodies_are_separate_and_not_lumbar(thorax):
     assert volumes and max(volumes) <= 2.2 * float(np.median(volumes))
     named = _named(thorax)
     assert not any(n.startswith("L") or n == "sacrum" for n in named)
-    if named:
-        order = [coding.LEVEL_BY_NAME[n].value for n in named]
-        assert order == list(range(order[0], order[0] + len(order))), named
-        assert named[0] in ("C7", "T1", "T2")
+    # The top of the view cuts C7 just above its upper endplate; T1 below it bears the first
+    # ribs on both sides (looked at in axial planes and a coronal projection), so the rib
+    # cage's upper end names the levels: C7 to T11 (the 12th ribs are below the view).
+    assert named, "the rib cage's upper end (C7 rib-free, T1 with ribs) names the levels"
+    order = [coding.LEVEL_BY_NAME[n].value for n in named]
+    assert order == list(range(order[0], order[0] + len(order))), named
+    assert named[0] in ("C7", "T1", "T2")
+    assert "highest-rib" in [a.kind for a in qc.anchors if a.used]
 
 
 @pytest.fixture(scope="module")

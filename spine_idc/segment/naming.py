@@ -74,6 +74,13 @@ UNIDENTIFIED = 0.3
 #: neighbour's endplate and a disc, and its split from the neighbour cannot be checked against
 #: a disc it does not show.
 MIN_NAMED_PIECE_MM = 5.0
+#: A rib-free vertebra cut by the end of the view still verifies the end of the rib cage
+#: when the view shows at least this much of its body, as a fraction of the whole body of
+#: the rib-bearing neighbour it is compared with.  The top of a chest CT often cuts C7 just
+#: above its upper endplate; were it a T1 cut so, the part of it in view would be shorter
+#: than T2's body (T1 is about as tall as T2), and its first rib, which joins the upper body
+#: and the transverse process and runs downwards, would still be in the ribs' slab.
+SEEN_AS_WHOLE = 1.0
 
 _T = [f"T{i}" for i in range(1, 13)]
 _CERVICAL = [f"C{i}" for i in range(1, 8)]
@@ -162,15 +169,18 @@ def name_vertebrae(
         else:
             t = min(bearing)
             below = t - 1
+            seen = lambda k, ref: complete[k] or bool(  # noqa: E731
+                body_mm is not None and body_mm[k] >= SEEN_AS_WHOLE * body_mm[ref]
+            )
             if (
-                ribs[t].both and below >= first and ribs[below].free and complete[below]
+                ribs[t].both and below >= first and ribs[below].free and seen(below, t)
                 and not (sacrum_like and below == 0)
             ):
                 low = t
                 anchors.append(Anchor("lowest-rib", pos(t), "T12"))
             h = max(bearing)
             above = h + 1
-            if ribs[h].both and above < n and ribs[above].free and complete[above]:
+            if ribs[h].both and above < n and ribs[above].free and seen(above, h):
                 high = h
                 anchors.append(Anchor("highest-rib", pos(h), "T1"))
 
