@@ -7,7 +7,8 @@ real store does wrong, which Orthanc cannot be made to do::
 
     with DicomwebStub(series=[record, ...], instances={series_uid: [bytes, ...]}) as stub:
         make_client(stub.url)                    # http://127.0.0.1:<port>/dicom-web
-        stub.trickle_s = 1.0                     # WADO-RS bodies: one byte a second
+        stub.trickle_s = 1.0                     # WADO-RS answers: one byte a second
+        stub.trickle_body_only = True            # ... after headers sent at once
         stub.silent = True                       # WADO-RS: read the request, never answer
 
 Nothing here imports pytest.
@@ -50,7 +51,9 @@ class DicomwebStub:
         self.series = list(series or [])
         self.instances = dict(instances or {})
         self.trickle_s = 0.0  # seconds between bytes of a WADO-RS answer (headers and body)
+        self.trickle_body_only = False  # the headers (and the first byte of the body) at once
         self.silent = False  # WADO-RS requests are read and never answered
+        self.give_up_s = 10.0  # a slow or silent answer is cut after this long (a test must end)
         self.requests: list[str] = []
         self._stop = threading.Event()
         stub = self
@@ -83,7 +86,8 @@ class DicomwebStub:
 
             def _wado(self, series_uid: str) -> None:
                 if stub.silent:
-                    stub._stop.wait()
+                    stub._stop.wait(stub.give_up_s)
+                    self.close_connection = True
                     return
                 if series_uid not in stub.instances:
                     self._send(404, b"", "text/plain")
@@ -100,8 +104,13 @@ class DicomwebStub:
                     if not trickle_s:
                         self.wfile.write(data)
                         return
-                    for i in range(len(data)):
-                        if stub._stop.wait(trickle_s):
+                    start = len(head) + 1 if stub.trickle_body_only else 0
+                    self.wfile.write(data[:start])
+                    self.wfile.flush()
+                    until = time.monotonic() + stub.give_up_s
+                    for i in range(start, len(data)):
+                        if stub._stop.wait(trickle_s) or time.monotonic() > until:
+                            self.close_connection = True
                             return
                         self.wfile.write(data[i:i + 1])
                         self.wfile.flush()

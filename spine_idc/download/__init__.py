@@ -8,7 +8,7 @@ reaches conversion, and a killed download leaves nothing behind but a temporary 
 Faults are of two kinds:
 
 * transient (:class:`~spine_idc.errors.TransientError`: connection refused or cut, 5xx,
-  timeouts).  The tool retries inside one attempt (s5cmd's ``--retry-count``, HTTP retries with
+  timeouts: ``download.timeout_s`` bounds one whole attempt, however slowly data arrive).  The tool retries inside one attempt (s5cmd's ``--retry-count``, HTTP retries with
   backoff); if it still fails, the attempt raises, and Snakemake runs the job again
   (``download.retries``) after a backoff.  The last attempt records the failure instead, so the
   rest of the cohort finishes;
@@ -47,21 +47,30 @@ class Remote:
     dicomweb_auth: str = "env"
 
 
-def _fetch(row, dest: Path, remote: Remote):
+def _fetch(row, dest: Path, remote: Remote, deadline: float):
+    """Copy the series into ``dest`` by ``deadline`` (``time.monotonic()``), or raise
+    :class:`TransientError` saying it timed out."""
     opts = remote.download
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TransientError(f"series {row.series_key}: download timed out after {opts.timeout_s:g} s "
+                             "(download.timeout_s)")
     if row.source == "idc":
         from .s3 import fetch_s3_series
 
         return fetch_s3_series(row.location, dest, series_key=row.series_key,
                                endpoint_url=opts.endpoint_url, retries=opts.tool_retries,
-                               timeout_s=opts.timeout_s, stall_s=opts.stall_s)
+                               timeout_s=left, stall_s=opts.stall_s)
     if row.source == "dicomweb":
-        from .dicomweb import fetch_dicomweb_series, make_client
+        from .dicomweb import AttemptLimit, fetch_dicomweb_series, make_client
 
-        client = make_client(remote.dicomweb_url, auth=remote.dicomweb_auth,
-                             timeout_s=min(120.0, opts.timeout_s), retries=opts.tool_retries)
-        return fetch_dicomweb_series(client, row.study_instance_uid, row.series_instance_uid,
-                                     dest, series_key=row.series_key)
+        with AttemptLimit(left) as limit:
+            limit.timeout_s = opts.timeout_s  # as the attempt's messages should say it
+            client = make_client(remote.dicomweb_url, auth=remote.dicomweb_auth,
+                                 timeout_s=min(120.0, opts.timeout_s), retries=opts.tool_retries,
+                                 limit=limit)
+            return fetch_dicomweb_series(client, row.study_instance_uid, row.series_instance_uid,
+                                         dest, series_key=row.series_key, limit=limit)
     raise ValueError(f"series {row.series_key}: source {row.source!r} is not downloaded")
 
 
@@ -99,6 +108,7 @@ def download_series(row, out_dir: Path, remote: Remote, *, attempt: int = 1) -> 
     if wait:
         log.info("series %s: attempt %d, waiting %.0f s first", row.series_key, attempt, wait)
         time.sleep(wait)
+    deadline = time.monotonic() + opts.timeout_s  # one whole attempt: both tries, verification
     with atomic_dir(out_dir) as tmp:
         try:
             for verify_try in (1, 2):
@@ -107,7 +117,7 @@ def download_series(row, out_dir: Path, remote: Remote, *, attempt: int = 1) -> 
                     shutil.rmtree(dest)
                 dest.mkdir()
                 started = time.monotonic()
-                stats = _fetch(row, dest, remote)
+                stats = _fetch(row, dest, remote, deadline)
                 try:
                     verified = verify_series(dest, series_key=row.series_key,
                                              series_instance_uid=row.series_instance_uid,

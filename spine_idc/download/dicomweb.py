@@ -15,12 +15,20 @@ Retries come in two layers that never multiply: the session's (urllib3) for faul
 response begins (connection refused or reset, 429/5xx), and :func:`fetch_dicomweb_series`'s
 own for a response that breaks once it has begun, which asks for the series again and keeps
 the instances already written.  dicomweb-client's own retry loop is switched off.
+
+A socket timeout bounds each read, not a transfer: a server that sends a byte a second never
+trips it.  One download attempt is therefore bounded as a whole by an :class:`AttemptLimit`
+(``download.timeout_s``): when it passes, every connection the attempt opened is shut down
+(whatever it was waiting for: a connection, headers, the body), no further retry starts, and
+the attempt ends with a :class:`~spine_idc.errors.TransientError` that says it timed out.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from io import BytesIO
@@ -31,9 +39,11 @@ import dicomweb_client
 import pydicom
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
-from ..errors import ConfigError, SeriesError, TransientError
+from ..errors import ConfigError, SeriesError, TransientError, machine_fault
 from ..scan import is_valid_uid
 from .s3 import DownloadStats  # one record of what a download moved, whichever the source
 
@@ -64,6 +74,125 @@ SERIES_FIELDS = (N_SERIES_INSTANCES, BODY_PART, SERIES_DESCRIPTION, PATIENT_ID, 
 
 
 # --------------------------------------------------------------------------------------------
+# One attempt's time limit
+
+
+class AttemptLimit:
+    """A wall-clock limit on one attempt, enforced on every connection the attempt opens.
+
+    Use as a context manager around the attempt, and give it to :func:`make_client` and
+    :func:`fetch_dicomweb_series`.  When ``timeout_s`` has passed, a timer thread shuts down the
+    sockets of the attempt's connections (a ``recv`` blocked on a trickling server returns at
+    once), the session starts no further retry and waits no longer than the time left.
+    """
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = float(timeout_s)
+        self.deadline = time.monotonic() + self.timeout_s
+        self.expired = False
+        self._connections: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, self.timeout_s), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> AttemptLimit:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._connections.clear()
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def track(self, conn) -> None:
+        """Shut ``conn`` down when the limit passes (at once, if it has)."""
+        with self._lock:
+            if conn not in self._connections:
+                self._connections.append(conn)
+        if self.expired:
+            raise Urllib3Timeout(f"the attempt's {self.timeout_s:g} s have passed")
+
+    def _expire(self) -> None:
+        self.expired = True
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def _limited_pools(limit: AttemptLimit) -> dict[str, type]:
+    """Connection pools whose connections ``limit`` can shut down."""
+
+    class HTTPPool(HTTPConnectionPool):
+        def _get_conn(self, timeout=None):
+            conn = super()._get_conn(timeout)
+            limit.track(conn)
+            return conn
+
+    class HTTPSPool(HTTPSConnectionPool):
+        def _get_conn(self, timeout=None):
+            conn = super()._get_conn(timeout)
+            limit.track(conn)
+            return conn
+
+    return {"http": HTTPPool, "https": HTTPSPool}
+
+
+class _LimitedRetry(Retry):
+    """The session's retries, none begun and no wait longer than the attempt has left."""
+
+    limit: AttemptLimit | None = None
+
+    def new(self, **kw):
+        retry = super().new(**kw)
+        retry.limit = self.limit
+        return retry
+
+    def is_exhausted(self) -> bool:
+        return (self.limit is not None and self.limit.expired) or super().is_exhausted()
+
+    def sleep(self, response=None) -> None:
+        if self.limit is None:
+            return super().sleep(response)
+        wait = self.get_retry_after(response) if response is not None else None
+        wait = self.get_backoff_time() if wait is None else wait
+        time.sleep(min(wait, self.limit.remaining()))
+
+
+class _LimitedAdapter(HTTPAdapter):
+    """An adapter whose connections, timeouts and retries answer to an :class:`AttemptLimit`."""
+
+    def __init__(self, limit: AttemptLimit, **kwargs):
+        self._limit = limit
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _limited_pools(self._limit)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _limited_pools(self._limit)
+        return manager
+
+    def send(self, request, timeout=None, **kwargs):
+        left = max(0.001, self._limit.remaining())
+        if isinstance(timeout, tuple):
+            timeout = tuple(left if t is None else min(t, left) for t in timeout)
+        else:
+            timeout = left if timeout is None else min(timeout, left)
+        return super().send(request, timeout=timeout, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
 # Client
 
 
@@ -74,6 +203,7 @@ def make_client(
     timeout_s: float = 60,
     retries: int = 3,
     backoff_s: float = 0.5,
+    limit: AttemptLimit | None = None,
 ) -> dicomweb_client.DICOMwebClient:
     """A DICOMweb client for the service rooted at ``url``, with retries and a timeout.
 
@@ -94,6 +224,9 @@ def make_client(
         response headers, or a 429/5xx answer; waits grow from 0 by ``backoff_s * 2**n``.
         A response that breaks after its headers is not repeated here:
         :func:`fetch_dicomweb_series` asks for the series again.
+    limit:
+        The attempt's :class:`AttemptLimit`, if any: it bounds the client's requests, their
+        retries and their reads as a whole (``timeout_s`` alone bounds each read).
 
     Raises
     ------
@@ -102,7 +235,7 @@ def make_client(
         missing.
     """
     session = _session_for(auth)
-    retry = Retry(
+    retry = (Retry if limit is None else _LimitedRetry)(
         total=retries,
         connect=retries,
         read=retries,
@@ -113,7 +246,11 @@ def make_client(
         allowed_methods=frozenset({"GET", "HEAD"}),
         raise_on_status=False,  # hand back the last 5xx so that its status can be reported
     )
-    adapter = HTTPAdapter(max_retries=retry)
+    if limit is None:
+        adapter = HTTPAdapter(max_retries=retry)
+    else:
+        retry.limit = limit
+        adapter = _LimitedAdapter(limit, max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     client = dicomweb_client.DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout_s)
@@ -341,6 +478,7 @@ def fetch_dicomweb_series(
     *,
     series_key: str,
     stream_retries: int = 2,
+    limit: AttemptLimit | None = None,
 ) -> DownloadStats:
     """Retrieve every instance of a series into the existing empty folder ``dest``.
 
@@ -350,12 +488,13 @@ def fetch_dicomweb_series(
     A response that breaks after it has begun (cut, reset, stalled past the timeout) is asked
     for again up to ``stream_retries`` times; instances already written are kept and skipped.
     Faults before a response begins are the session's to retry (see :func:`make_client`).
+    ``limit`` (the one given to :func:`make_client`) bounds all of it.
 
     Raises
     ------
     TransientError
         Connection errors, timeouts, 5xx after the session's retries, a response broken more
-        often than ``stream_retries`` allows.
+        often than ``stream_retries`` allows, ``limit`` passed ("timed out after N s").
     SeriesError
         ``not-found`` (404), ``unauthorized`` (401/403), ``bad-uid`` (an invalid UID, requested
         or received), ``bad-response`` (not a multipart DICOM answer, or a part that is not
@@ -374,7 +513,15 @@ def fetch_dicomweb_series(
         try:
             _receive_series(client, url, dest, written, series_key=series_key, server=server)
             break
-        except _StreamBroken as e:
+        except Exception as e:  # noqa: BLE001 - an answer cut by the limit can look like anything
+            if limit is not None and limit.expired and machine_fault(e) is None:
+                raise TransientError(
+                    f"series {series_key}: WADO-RS retrieval from {server} timed out after "
+                    f"{limit.timeout_s:g} s (download.timeout_s) with {len(written)} instances "
+                    f"({sum(written.values())} bytes) received",
+                    hint="a server this slow is retried (download.retries), then recorded") from e
+            if not isinstance(e, _StreamBroken):
+                raise
             cause = e.__cause__ or e
             message = (f"series {series_key}: WADO-RS response from {server} broke after "
                        f"{len(written)} instances: {_describe(cause)}")
