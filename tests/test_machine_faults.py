@@ -179,3 +179,37 @@ def test_a_series_error_caused_by_the_machine_is_the_machine():
 def test_faults_of_the_series_or_network_are_not_the_machine(exc):
     assert machine_fault(exc) is None
     raise_if_machine_fault(exc, "s", "convert")  # does not raise
+
+
+def test_a_full_disk_fails_the_download_job_records_nothing_and_the_rerun_downloads(tmp_path, monkeypatch):
+    """WADO-RS from a loopback server into a full work/download: it used to be recorded as
+    download-error, stamped, and never fetched again."""
+    from dicom_faults import write_ct_series
+    from dicomweb_stub import DicomwebStub
+    from spine_idc.manifest import ManifestRow, write_manifest
+
+    monkeypatch.chdir(tmp_path)
+    files = write_ct_series(tmp_path / "s", n_slices=12, rows=64, cols=64)
+    import pydicom
+
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study, key = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+    write_manifest([ManifestRow(series_key=key, series_instance_uid=key, study_instance_uid=study,
+                                patient_id="P", modality="CT", series_description="", n_instances=12,
+                                source="dicomweb")], SHARD)
+    with DicomwebStub(instances={key: [f.read_bytes() for f in files]}) as stub:
+        options = json.dumps({"source": "dicomweb", "dicomweb_url": stub.url, "dicomweb": {"auth": "none"}})
+        with small_disk(Path("work/download"), 32 * 1024) as disk:  # the series is ~100 kB
+            job = subprocess.run(
+                [sys.executable, "-m", "spine_idc.cli", "shard", "download", "--shard", str(SHARD),
+                 "--options", options, "--out", "work/done/download/s00000.json"],
+                capture_output=True, text=True, preexec_fn=disk.limit, timeout=120)
+            _failed_for_the_machine(job, key)
+            assert not layout.path("download", key).exists()
+            assert not shards.stamp_path("download", key).exists()
+
+            disk.enlarge()
+            job = subprocess.run(job.args, capture_output=True, text=True, timeout=120)
+            assert job.returncode == 0, job.stderr
+            assert len(list((layout.path("download", key) / "dicom").iterdir())) == 12
+            assert json.loads(Path("work/done/download/s00000.json").read_text())["series"] == {key: "ok"}
