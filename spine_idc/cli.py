@@ -143,7 +143,7 @@ def _cmd_publish(args) -> int:
 
 
 def _cmd_cohort(args) -> int:
-    from .cohort import write_cohort
+    from .cohort import summary, write_cohort
 
     if args.packs is not None:  # no shared filesystem: gather every shard's results here first
         if args.shards is None:
@@ -152,8 +152,8 @@ def _cmd_cohort(args) -> int:
         from .shards import read_shard_ids
 
         unpack_shards(args.packs, args.pack_stages, read_shard_ids(args.shards), root=args.root)
-    n, failed = write_cohort(args.manifest, args.parquet, args.csv, args.failures, root=args.root)
-    print(f"{n} vertebrae measured; {failed} series failed (see {args.failures})")
+    write_cohort(args.manifest, args.parquet, args.csv, args.failures, root=args.root)
+    print(summary(args.manifest, args.parquet, args.csv, args.failures), flush=True)
     return 0
 
 

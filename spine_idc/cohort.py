@@ -66,6 +66,11 @@ def _published(key: str, root) -> dict:
     return json.loads(record.read_text()) if record.exists() else {}
 
 
+def _one_line(value) -> str:
+    """A failure's text as one line of ``failures.csv`` (tracebacks belong in the job's log)."""
+    return " ".join(str(value or "").split())
+
+
 def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], list[dict]]:
     """Collect measurement rows and failure rows for every series in ``manifest``."""
     rows: list[dict] = []
@@ -83,11 +88,12 @@ def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], li
         }
         failure = series_failure(key, root)
         if failure is not None:
-            failures.append({**ids, **{k: getattr(failure, k) for k in FAILURE_FIELDS}})
+            failures.append({**ids, **{k: _one_line(getattr(failure, k)) for k in FAILURE_FIELDS}})
             continue
         published = _published(key, root)
         if published.get("failure"):  # measured, but the store refused or stayed unreachable
-            failures.append({**ids, **{k: published["failure"].get(k, "") for k in FAILURE_FIELDS}})
+            failures.append({**ids, **{k: _one_line(published["failure"].get(k, ""))
+                                       for k in FAILURE_FIELDS}})
         measured = layout.path("measure", key, root)
         if not measured.exists():
             raise SpineIdcError(f"series {key} has neither measurements nor a failure record ({measured})")
@@ -160,3 +166,20 @@ def write_cohort(
     log.info("cohort: %d vertebrae from %d series; %d series failed",
              len(table), table["series_key"].nunique() if len(table) else 0, len(fails))
     return len(table), len(fails)
+
+
+def summary(manifest: str | Path, parquet: str | Path, csv: str | Path, failures_csv: str | Path) -> str:
+    """What a run ends with on the console: series done, series failed by reason, the tables."""
+    import pandas as pd
+
+    n_series = len(read_manifest(manifest))
+    fails = pd.read_csv(failures_csv, dtype=str, keep_default_na=False)
+    table = pd.read_parquet(parquet, columns=["series_key"])
+    measured = table["series_key"].nunique()
+    lines = [f"cohort: {n_series} series: {measured} measured, {fails['series_key'].nunique()} failed; "
+             f"measurements in {csv}"]
+    if len(fails):
+        counts = fails.groupby(["stage", "reason"]).size().sort_values(ascending=False)
+        shown = ", ".join(f"{reason} ({stage}) x{n}" for (stage, reason), n in counts.items())
+        lines.append(f"failed series by reason: {shown}; see {failures_csv}")
+    return "\n".join(lines)

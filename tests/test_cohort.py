@@ -92,3 +92,30 @@ def test_csv_cells_cannot_be_formulas(tmp_path):
     assert fails["patient_id"].iloc[0] == "'" + formula
     assert fails["message"].iloc[0] == "'-1+1 vertebrae @ nowhere"
     assert pd.read_parquet(out / "m.parquet")["patient_id"].iloc[0] == formula
+
+
+def test_the_run_ends_with_a_summary_and_one_line_failures(tmp_path, capsys):
+    """The cohort step used to say nothing on the console about failed series, and a message
+    with a traceback spread over many lines of failures.csv."""
+    from spine_idc.cli import main
+
+    ok, bad, worse = "1.2.3.1", "1.2.3.2", "1.2.3.3"
+    write_manifest([_row(ok), _row(bad), _row(worse)], tmp_path / "m.tsv")
+    layout.path("segment", ok, tmp_path).mkdir(parents=True)
+    measured = layout.path("measure", ok, tmp_path)
+    measured.parent.mkdir(parents=True)
+    measured.write_text(json.dumps({"measurements": [_measurement("L1", 20)], "qc": {}}))
+    err = InvalidSeriesError(bad, "convert-error", "unexpected ValueError: boom\nTraceback (most recent call last):\n  x")
+    write_failure(layout.path("segment", bad, tmp_path), Failure.from_error("convert", err))
+    err = InvalidSeriesError(worse, "no-spine", "no vertebra found")
+    write_failure(layout.path("segment", worse, tmp_path), Failure.from_error("segment", err))
+    out = tmp_path / "cohort"
+    assert main(["cohort", "--manifest", str(tmp_path / "m.tsv"), "--root", str(tmp_path),
+                 "--parquet", str(out / "m.parquet"), "--csv", str(out / "m.csv"),
+                 "--failures", str(out / "f.csv")]) == 0
+    said = capsys.readouterr().out
+    assert "3 series: 1 measured, 2 failed" in said and str(out / "m.csv") in said
+    assert "convert-error (convert) x1" in said and "no-spine (segment) x1" in said
+    assert str(out / "f.csv") in said
+    lines = (out / "f.csv").read_text().splitlines()
+    assert len(lines) == 3 and "unexpected ValueError: boom Traceback (most recent call last): x" in lines[1]

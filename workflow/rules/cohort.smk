@@ -20,4 +20,5 @@ rule cohort:
         ENV
     shell:
         "spine-idc cohort --manifest {input.manifest} --parquet {output.parquet}"
-        " --csv {output.csv} --failures {output.failures} {params.packs} > {log} 2>&1"
+        # The summary (series done, failed by reason, where the tables are) is also shown.
+        " --csv {output.csv} --failures {output.failures} {params.packs} 2>&1 | tee {log}"
