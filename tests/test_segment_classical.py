@@ -276,7 +276,7 @@ def test_discs_and_canal_on_phantoms(scenario, seed, backend):
 # --- naming from what the ribs and the sacrum show ------------------------------------------
 
 def _sides(code: str):
-    from spine_idc.segment.ribs import RibSides, RibState
+    from spine_idc.segment.classical.ribs import RibSides, RibState
 
     state = {"R": RibState.RIB, "-": RibState.NONE, "?": RibState.UNKNOWN}
     return RibSides(state[code[0]], state[code[1]], 60.0 if code[0] == "R" else 0.0,
@@ -284,7 +284,7 @@ def _sides(code: str):
 
 
 def _verified_sacrum(index: int = 0):
-    from spine_idc.segment.sacrum import SacrumEvidence
+    from spine_idc.segment.classical.sacrum import SacrumEvidence
 
     return SacrumEvidence(index=index, alae_mm=(20.0, 20.0), ilium=(True, True), verified=True,
                           reason="sacrum: alae and both sacroiliac joints in view")
@@ -314,7 +314,7 @@ NAMING_CASES = {
 
 @pytest.mark.parametrize("case", list(NAMING_CASES))
 def test_naming_from_anchors(case):
-    from spine_idc.segment.naming import name_vertebrae
+    from spine_idc.segment.classical.naming import name_vertebrae
 
     codes, sacrum, expected = NAMING_CASES[case]
     n = len(codes)
@@ -340,7 +340,7 @@ def test_end_of_rib_cage_cut_by_the_view():
     when the view shows as much of its body as its rib-bearing neighbour's whole body (the
     top of a chest CT that cuts C7 above its upper endplate); a shorter piece (perhaps a T1
     whose first rib is out of view) does not, and the names are withheld."""
-    from spine_idc.segment.naming import name_vertebrae
+    from spine_idc.segment.classical.naming import name_vertebrae
 
     codes = ["--", "RR", "RR", "RR", "RR"]  # cranio-caudally
     ribs = [_sides(c) for c in reversed(codes)]
@@ -361,7 +361,7 @@ def test_end_of_rib_cage_cut_by_the_view():
 def test_naming_checks_level_lengths():
     """Names whose levels do not fit one scale (a 'level' twice its neighbours' length: a
     missed disc) are withheld."""
-    from spine_idc.segment.naming import TYPICAL_LEVEL_MM, name_vertebrae
+    from spine_idc.segment.classical.naming import TYPICAL_LEVEL_MM, name_vertebrae
 
     codes = ["RR"] + ["--"] * 5 + ["--"]
     names = ["T12", "L1", "L2", "L3", "L4", "L5"]
@@ -376,7 +376,7 @@ def test_naming_checks_level_lengths():
 
 
 def test_confidence_ranks_two_anchors_above_one():
-    from spine_idc.segment.naming import name_vertebrae
+    from spine_idc.segment.classical.naming import name_vertebrae
 
     n = 7
     both = name_vertebrae([_sides(c) for c in reversed(["RR"] + ["--"] * 6)],

@@ -19,27 +19,26 @@ Steps (each module explains its own reasoning):
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
 import numpy as np
 from scipy import ndimage
 
-from ..errors import ConfigError, SegmentationError
-from ..volume import Volume
-from . import grid
+from ...errors import ConfigError, SegmentationError
+from ...volume import Volume
+from .. import grid
 from .axis import Centreline, make_centreline
-from .base import SegmentationResult
+from ..base import SegmentationResult
 from .canal import CanalTrack, find_canal
-from .column import Column, measure_column, reformat
+from .column import measure_column, reformat
 from .discs import (
-    Disc, between_bodies, bodies_between, choose_discs, disc_evidence, local_period, refine_discs,
+    between_bodies, bodies_between, choose_discs, disc_evidence, local_period, refine_discs,
 )
 from .grow import grow_vertebrae
-from .sacrum import SacrumEvidence
 from .softparts import discs_and_canal
 from .vertebrae import BodyRun, Straightened
+from .work import Work
 
 log = logging.getLogger(__name__)
 
@@ -48,46 +47,6 @@ VERSION = "0.1.0"
 #: :func:`.axis.make_centreline`: the planes must not rock once per vertebra).
 LINE_SMOOTH_MM = 10.0
 FRAME_SMOOTH_MM = 20.0
-
-
-@dataclasses.dataclass
-class Work:
-    """Intermediate state of one run, kept together for the later steps and for debugging."""
-
-    hu: np.ndarray  # working-grid HU (float32), cropped to the spine
-    affine: np.ndarray  # voxel -> LPS of ``hu``
-    spacing: float
-    inside: np.ndarray | None = None  # voxels inside the CT's field of view
-    canal_core: np.ndarray | None = None  # a thin tube along the tracked canal: never bone
-    track: CanalTrack | None = None  # in voxels of ``hu``
-    cortical_hu: float = 0.0  # half the brightness of the spine's cortical bone
-    bone_hu: float = 0.0  # bone against soft tissue: the column's own threshold
-    joint_hu: float = 0.0  # bone that leaves a gap at blurred joints (rib heads, facets)
-    disc_hu: float = 0.0  # how bright the discs are at their darkest
-    strict: np.ndarray | None = None  # bone above ``joint_hu``
-    full: np.ndarray | None = None  # bone above ``bone_hu``
-    line: Centreline | None = None
-    column: Column | None = None
-    disc_evidence: np.ndarray | None = None
-    found_discs: list[Disc] = dataclasses.field(default_factory=list)
-    seen: tuple[int, int] = (0, 0)  # first and last plane the column was seen in
-    probe: bool = False  # bodies[0] is a tentative segment below the lowest disc (the sacrum?)
-    probe_replaced: list = dataclasses.field(default_factory=list)  # what the probe stood for
-    canal_r: float = 0.0
-    canal_hw: float = 0.0
-    planes: Straightened | None = None
-    bodies: list[BodyRun] = dataclasses.field(default_factory=list)
-    labels: np.ndarray | None = None  # vertebra index 1..n, caudal to cranial
-    body_labels: np.ndarray | None = None
-    other: np.ndarray | None = None  # bone handed to ribs / ilium / other
-    sacrum: bool = False  # bodies[0] is sacrum-like (its pieces merged)
-    sacrum_evidence: "SacrumEvidence | None" = None
-    conflict: bool = False  # naming anchors disagree
-    notes: list[str] = dataclasses.field(default_factory=list)  # for the QC warnings
-    discs: list = dataclasses.field(default_factory=list)  # DiscPlane between bodies k, k+1
-    disc_labels: np.ndarray | None = None  # disc index 1..n-1 (joins bodies k, k+1), 0 elsewhere
-    canal: np.ndarray | None = None  # the spinal canal over the vertebrae found
-    timing: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 #: Grid spacing (mm) the canal is looked for on: fine enough for a 10 mm canal, coarse enough

@@ -38,8 +38,8 @@ import dataclasses
 
 import numpy as np
 
-from .. import coding
-from .base import Anchor
+from ... import coding
+from ..base import Anchor
 from .ribs import RibSides, RibState
 from .sacrum import SacrumEvidence
 

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from .. import coding
-from ..volume import Volume
-from . import grid
-from .base import (
+from ... import coding
+from ...volume import Volume
+from .. import grid
+from ..base import (
     FLAG_ANCHOR_CONFLICT,
     FLAG_FOV_BORDER,
     FLAG_IMPLAUSIBLE_HEIGHT,
@@ -35,7 +35,8 @@ from .naming import name_vertebrae
 from .ribs import find_ribs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .classical import ClassicalBackend, Work
+    from ..base import Backend
+    from .work import Work
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def _complete(work: "Work") -> list[bool]:
 
 
 def finish(
-    work: "Work", ct: Volume, series_key: str, backend: "ClassicalBackend"
+    work: "Work", ct: Volume, series_key: str, backend: "Backend"
 ) -> SegmentationResult:
     """Name the vertebrae, map labels to the CT grid, and assemble the QC record."""
     t = time.perf_counter()
@@ -212,7 +213,7 @@ def _disc_values(values: list[int], confidence: list[float]):
 
 def _structures(disc_values, disc_between, counts, vox_ml, touching):
     """QC records of the discs (cranio-caudal) and the canal present on the CT's grid."""
-    from .base import StructureQC
+    from ..base import StructureQC
 
     out = []
     for value, (names, conf) in reversed(list(zip(disc_values, disc_between))):

@@ -34,7 +34,7 @@ from .grow import BODY_MARGIN_MM, BODY_SCALE, MIN_DISC_HALF_MM, _bbox, _column_t
 from .vertebrae import project_mask
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .classical import Work
+    from .work import Work
 
 #: Darker than this is fat or gas, not disc (discs are 50-110 HU on CT; fat about -100).
 DISC_MIN_HU = -20.0

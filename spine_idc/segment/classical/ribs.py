@@ -35,7 +35,7 @@ from scipy import ndimage
 from .axis import sample_planes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .classical import Work
+    from .work import Work
 
 log = logging.getLogger(__name__)
 

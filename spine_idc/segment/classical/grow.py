@@ -30,7 +30,7 @@ from .sacrum import assess
 from .vertebrae import BodyRun, project_mask
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .classical import Work
+    from .work import Work
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from scipy import ndimage
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .classical import Work
+    from .work import Work
 
 #: Thickness (mm, in-plane distance to the bone's surface) of the bone beside a body that
 #: makes it an ala; transverse processes and rib necks are a few millimetres thick.
