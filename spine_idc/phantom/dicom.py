@@ -1,4 +1,5 @@
-"""Write a :class:`spine_idc.phantom.Phantom` as a DICOM CT Image Storage series.
+"""Write a :class:`~.spec.Phantom` as a DICOM CT Image Storage series, and a phantom with its
+ground truth as files (:func:`write_phantom`).
 
 One file per slice, explicit VR little endian, 12-bit unsigned stored values with
 RescaleIntercept -1024.  The geometry (ImageOrientationPatient, ImagePositionPatient,
@@ -25,9 +26,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from .atomic import atomic_path
-from .phantom import ORIENTATIONS, Phantom
-from .volume import LPS_TO_RAS
+from ..atomic import atomic_path
+from ..volume import LPS_TO_RAS, write_nifti
+from .raster import make_phantom
+from .scenarios import spec_for_seed
+from .spec import ORIENTATIONS, Phantom
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +172,22 @@ def _slice_dataset(spec, study: str, series: str, frame: str, sop: str, date) ->
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
     return ds
+
+
+def write_phantom(seed: int, out_dir: Path, *, size: str = "test", levels=None) -> tuple[list[Path], Path]:
+    """Generate phantom ``seed`` and write ``out_dir/dicom/*.dcm`` and ``out_dir/labels.nii.gz``.
+
+    ``levels`` as for :func:`spec_for_seed`.
+
+    Returns
+    -------
+    tuple
+        The DICOM files (in slice order ``k``) and the path of the ground-truth label map.
+    """
+    phantom = make_phantom(spec_for_seed(seed, size=size, levels=levels))
+    out_dir = Path(out_dir)
+    files = write_dicom_series(phantom, out_dir / "dicom")
+    labels_path = out_dir / "labels.nii.gz"
+    write_nifti(phantom.labels, labels_path)
+    log.info("phantom %d: %s, %d files", seed, ",".join(phantom.spec.levels), len(files))
+    return files, labels_path
