@@ -272,7 +272,7 @@ def _merge_sacrum(work: "Work", full: np.ndarray, inside: np.ndarray, line: Cent
     The sacrum is the most cranial of the lowest segments with alae on both sides.  Segments
     below it are the same fused bone, cut into pieces by the remnants of sacral discs or by
     the centreline leaving the sacrum's curve, so they are merged into it.  Whether it may
-    name the levels (:attr:`.sacrum.SacrumEvidence.verified`) is decided there too.
+    name the levels (:attr:`.work.SacrumEvidence.verified`) is decided there too.
     """
     ev = assess(work, work.full, work.inside)
     work.sacrum_evidence = ev

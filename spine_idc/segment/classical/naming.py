@@ -41,7 +41,7 @@ import numpy as np
 from ... import coding
 from ..base import Anchor
 from .ribs import RibSides, RibState
-from .sacrum import SacrumEvidence
+from .work import SacrumEvidence
 
 #: Typical length (mm along the canal, body and the disc below) of each level in an adult,
 #: from C3 to L5 (Gilad and Nissan, J Anat 1985 for the thoracic and lumbar bodies; Panjabi

@@ -21,12 +21,13 @@ sacralised L5 with one transverse process fused to the sacrum), it is not an anc
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
+
+from .work import SacrumEvidence
 
 if TYPE_CHECKING:  # pragma: no cover
     from .work import Work
@@ -50,23 +51,6 @@ MAX_HEIGHT_MM = 130.0
 LOWEST = 10
 #: A band less than this fraction inside the CT's view cannot show what is there.
 MIN_VISIBLE = 0.8
-
-
-@dataclasses.dataclass
-class SacrumEvidence:
-    """What the lowest segments show.
-
-    ``index`` is the internal index (caudal to cranial) of the most cranial sacrum-like
-    segment (``None`` if none), ``alae_mm`` its left and right ala thickness, ``ilium`` whether
-    an iliac bone was seen on each side (``None``: outside the view), ``verified`` whether it
-    may name the levels, and ``reason`` a sentence for the QC record.
-    """
-
-    index: int | None = None
-    alae_mm: tuple[float, float] = (0.0, 0.0)
-    ilium: tuple[bool | None, bool | None] = (None, None)
-    verified: bool = False
-    reason: str = ""
 
 
 def assess(work: "Work", full: np.ndarray, inside: np.ndarray) -> SacrumEvidence:

@@ -19,8 +19,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from .canal import CanalTrack
     from .column import Column
     from .discs import Disc
-    from .sacrum import SacrumEvidence
     from .vertebrae import BodyRun, Straightened
+
+
+@dataclasses.dataclass
+class SacrumEvidence:
+    """What the lowest segments show.
+
+    ``index`` is the internal index (caudal to cranial) of the most cranial sacrum-like
+    segment (``None`` if none), ``alae_mm`` its left and right ala thickness, ``ilium`` whether
+    an iliac bone was seen on each side (``None``: outside the view), ``verified`` whether it
+    may name the levels, and ``reason`` a sentence for the QC record.
+    """
+
+    index: int | None = None
+    alae_mm: tuple[float, float] = (0.0, 0.0)
+    ilium: tuple[bool | None, bool | None] = (None, None)
+    verified: bool = False
+    reason: str = ""
 
 
 @dataclasses.dataclass
@@ -54,7 +70,7 @@ class Work:
     body_labels: np.ndarray | None = None
     other: np.ndarray | None = None  # bone handed to ribs / ilium / other
     sacrum: bool = False  # bodies[0] is sacrum-like (its pieces merged)
-    sacrum_evidence: "SacrumEvidence | None" = None
+    sacrum_evidence: SacrumEvidence | None = None
     conflict: bool = False  # naming anchors disagree
     notes: list[str] = dataclasses.field(default_factory=list)  # for the QC warnings
     discs: list = dataclasses.field(default_factory=list)  # DiscPlane between bodies k, k+1
