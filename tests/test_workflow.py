@@ -6,12 +6,14 @@ segmenter and highdicom writers) on small phantoms, so they are marked ``slow``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -150,9 +152,17 @@ def make_bad_folder(root: Path) -> dict[str, str]:
     return expected
 
 
-def test_local_folder_with_bad_series(tmp_path):
-    expected = make_bad_folder(tmp_path)
-    snakemake(tmp_path, "source=local", f"input_dir={tmp_path / 'input'}")
+@pytest.fixture(scope="module")
+def bad_run(tmp_path_factory):
+    """The bad folder through the workflow with the default configuration."""
+    root = tmp_path_factory.mktemp("bad")
+    expected = make_bad_folder(root)
+    out = snakemake(root, "source=local", f"input_dir={root / 'input'}")
+    return root, expected, out
+
+
+def test_local_folder_with_bad_series(bad_run):
+    tmp_path, expected, _ = bad_run
     good = sorted(k for k, r in expected.items() if r == "ok")
     check_outputs(tmp_path, good)
     failures = pd.read_csv(tmp_path / "results" / "cohort" / "failures.csv", dtype=str)
@@ -167,6 +177,54 @@ def test_local_folder_with_bad_series(tmp_path):
         assert row["message"]
     assert failures.loc[failures["reason"] == "unreadable", "path"].notna().all()
 
+
+def test_fail_on_series_errors(bad_run, tmp_path):
+    """Failed series leave the exit status 0 by default; with fail_on_series_errors: true the
+    run exits non-zero, after the cohort tables are written, saying so in one line."""
+    root, expected, default = bad_run
+    assert default.returncode == 0
+    n_failed = sum(r != "ok" for r in expected.values())
+    assert f"{n_failed} failed" in default.stdout + default.stderr  # the closing summary
+    work = tmp_path / "copy"
+    shutil.copytree(root, work, symlinks=True)
+    cohort = work / "results" / "cohort"
+    tables = {p.name: p.read_bytes() for p in cohort.iterdir() if p.suffix == ".csv"}
+    shutil.rmtree(cohort)  # the cohort job runs again, then the run fails
+    out = snakemake(work, "source=local", f"input_dir={root / 'input'}", "fail_on_series_errors=true",
+                    check=False)
+    assert out.returncode != 0
+    console = out.stdout + out.stderr
+    said = [line for line in console.splitlines() if "fail_on_series_errors is set" in line]
+    assert said and f"{n_failed} of {len(expected)} series failed" in said[0], console[-3000:]
+    assert sorted(p.name for p in cohort.iterdir()) == [  # written, and kept
+        "failures.csv", "measurements.csv", "measurements.parquet"]
+    assert {p.name: p.read_bytes() for p in cohort.iterdir() if p.suffix == ".csv"} == tables
+    assert len(pd.read_parquet(cohort / "measurements.parquet")) > 0
+
+
+def test_a_failed_job_says_why_on_the_console(tmp_path, demo_run):
+    """The reason of a failed job used to be only in logs/<stage>/<shard>.log; Snakemake's
+    console said "Look above for error messages" above nothing.  Here a model folder that passes
+    the config check but whose weights are not a checkpoint fails the segment job."""
+    pytest.importorskip("monai")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.json").write_text(json.dumps({
+        "architecture": "SegResNet", "network": {"out_channels": 2}, "checkpoint": "model.pt",
+        "spacing_mm": [6, 6, 6], "roi_size": [48, 48, 48], "orientation": "RAS",
+        "intensity": {"kind": "range", "a_min": -1000, "a_max": 1500, "b_min": 0, "b_max": 1},
+        "labels": {"1": "L1"}}))
+    (model / "model.pt").write_bytes(b"not a checkpoint")
+    work = tmp_path / "copy"
+    shutil.copytree(demo_run, work, symlinks=True)
+    out = snakemake(work, "source=phantom", "phantom={'count': 2, 'first_seed': 3, 'size': 'test'}",
+                    f"segment={{'backend': 'monai', 'model': '{model}', 'device': 'cpu'}}", check=False)
+    assert out.returncode != 0
+    said = [line for line in out.stderr.splitlines() if line.startswith("spine-idc shard segment")]
+    assert len(said) == 1, out.stderr[-3000:]
+    assert "error: model" in said[0] and "cannot read model.pt" in said[0]
+    log = "".join(p.read_text() for p in (work / "logs" / "segment").glob("*.log"))
+    assert "cannot read model.pt" in log
 
 def test_killed_run_resumes(tmp_path, demo_run):
     config = ("source=phantom", "phantom={'count': 2, 'first_seed': 3, 'size': 'test'}")
@@ -202,3 +260,61 @@ def test_config_strings_with_braces_are_not_wildcards(tmp_path, demo_run):
     keys = _keys(work)
     assert len(keys) == 2
     check_outputs(work, keys)
+
+
+DIGEST = Path(__file__).parent / "data" / "demo_digest.json"
+DIGEST_COLUMNS = ["level", "label_value", "voxel_count", "volume_ml", "trabecular_mean_hu",
+                  "body_height_anterior_mm", "body_height_middle_mm", "body_height_posterior_mm",
+                  "name_confidence", "qc_pass"]
+
+
+def _plain(value):
+    """A table cell as JSON holds it: floats rounded to 3 decimals, NaN as None."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else round(float(value), 3)
+    return value
+
+
+def _demo_digest(workdir: Path) -> dict:
+    """What the demo's outputs are, compactly: each series' SEG and SR identity, the SEG's
+    segments and a hash of its pixel data, and the measurements of the cohort table."""
+    import hashlib
+
+    out = {}
+    table = pd.read_parquet(workdir / "results" / "cohort" / "measurements.parquet")
+    for key in sorted(_keys(workdir)):
+        folder = workdir / "results" / "series" / key
+        seg = pydicom.dcmread(folder / "seg.dcm")
+        sr = pydicom.dcmread(folder / "sr.dcm", stop_before_pixels=True)
+        rows = table[table["series_key"] == key].sort_values("label_value")[DIGEST_COLUMNS]
+        out[key] = {
+            "seg_sop_instance_uid": str(seg.SOPInstanceUID),
+            "sr_sop_instance_uid": str(sr.SOPInstanceUID),
+            "segments": [str(s.SegmentLabel) for s in seg.SegmentSequence],
+            "seg_pixel_sha256": hashlib.sha256(seg.PixelData).hexdigest(),
+            "measurements": [{k: _plain(v) for k, v in row.items()}
+                             for row in rows.to_dict("records")],
+        }
+    return out
+
+
+def test_demo_outputs_match_the_stored_digest(demo_run):
+    """The demo's SEG and SR (UIDs, segments, pixel data) and measurements are what they were
+    when ``tests/data/demo_digest.json`` was written: a restructuring of the code must not
+    change them.  A change that means to alter the outputs rewrites the digest knowingly:
+    ``SPINE_IDC_WRITE_DIGEST=1 pytest tests/test_workflow.py -k digest``, and says why in
+    its commit."""
+    import json
+
+    digest = _demo_digest(demo_run)
+    if os.environ.get("SPINE_IDC_WRITE_DIGEST") == "1":
+        DIGEST.write_text(json.dumps(digest, indent=1, sort_keys=True) + "\n")
+    stored = json.loads(DIGEST.read_text())
+    assert digest.keys() == stored.keys()
+    for key in stored:
+        for field in stored[key]:
+            assert digest[key][field] == stored[key][field], f"{key}: {field} changed"
