@@ -27,8 +27,8 @@ import numpy as np
 import pydicom
 import requests
 
-from spine_idc.dicom_seg import AlgorithmInfo, write_seg
-from spine_idc.dicom_sr import write_sr
+from spine_idc.dicom import AlgorithmInfo, write_seg
+from spine_idc.dicom import write_sr
 from spine_idc.download.dicomweb import make_client
 from spine_idc.measure import measure_vertebrae
 from spine_idc.publish import publish_series

@@ -357,7 +357,7 @@ BODY_HEIGHT_RATIO = Code("HEIGHTRATIO", LOCAL_SCHEME, "Vertebral body height rat
 QC_TOUCHES_BORDER = Code("QCBORDER", LOCAL_SCHEME, "Touches image border")
 QC_LEVEL_IDENTIFIED = Code("QCLEVEL", LOCAL_SCHEME, "Vertebral level identified")
 QC_TRABECULAR_CORE = Code("QCTRABCORE", LOCAL_SCHEME, "Trabecular core large enough")
-#: Series-level QC keys accepted by ``spine_idc.dicom_sr.build_sr(qc=...)``.
+#: Series-level QC keys accepted by ``spine_idc.dicom.sr.build_sr(qc=...)``.
 QC_CONCEPTS = {
     "touches_border": QC_TOUCHES_BORDER,
     "level_identified": QC_LEVEL_IDENTIFIED,

@@ -301,7 +301,7 @@ def series_failure(series_key: str, root: Path | str = ".") -> Failure | None:
 
 
 def _algorithm(qc: dict, measure_options: dict | None = None):
-    from .dicom_seg import AlgorithmInfo
+    from .dicom import AlgorithmInfo
 
     algo = qc["algorithm"]
     params = {k: str(v) for k, v in algo.get("parameters", {}).items()}
@@ -310,7 +310,7 @@ def _algorithm(qc: dict, measure_options: dict | None = None):
 
 
 def write_seg(converted: Path, segmented: Path, out: Path) -> None:
-    from .dicom_seg import write_seg as _write_seg
+    from .dicom import write_seg as _write_seg
     from .volume import SeriesInfo, read_nifti
 
     _require_success(segmented, "segment")
@@ -322,7 +322,7 @@ def write_seg(converted: Path, segmented: Path, out: Path) -> None:
 def write_sr(converted: Path, measurements: Path, seg: Path, out: Path) -> None:
     import pydicom
 
-    from .dicom_sr import write_sr as _write_sr
+    from .dicom import write_sr as _write_sr
     from .measure import VertebraMeasurement
     from .volume import SeriesInfo
 

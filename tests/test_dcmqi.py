@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from spine_idc.dicom_sr import write_sr
+from spine_idc.dicom import write_sr
 from test_dicom_sr import ALGORITHM, case  # noqa: F401 - a fixture
 
 BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""Tests of spine_idc.dicom_seg: SEG frames land on the right voxels, codes, UIDs, validity."""
+"""Tests of spine_idc.dicom.seg: SEG frames land on the right voxels, codes, UIDs, validity."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from spine_idc import coding
-from spine_idc.dicom_seg import AlgorithmInfo, build_seg, deterministic_uid, write_seg
+from spine_idc.dicom import AlgorithmInfo, build_seg, deterministic_uid, write_seg
 from spine_idc.errors import SeriesError
 from spine_idc.volume import LPS_TO_RAS, SeriesInfo, Volume
 

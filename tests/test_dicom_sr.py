@@ -1,4 +1,4 @@
-"""Tests of spine_idc.dicom_sr: TID 1500 content, references to the SEG, UIDs, validity."""
+"""Tests of spine_idc.dicom.sr: TID 1500 content, references to the SEG, UIDs, validity."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from spine_idc import coding
-from spine_idc.dicom_seg import AlgorithmInfo, write_seg
-from spine_idc.dicom_sr import build_sr, write_sr
+from spine_idc.dicom import AlgorithmInfo, write_seg
+from spine_idc.dicom import build_sr, write_sr
 from spine_idc.measure import measure_vertebrae
 from spine_idc.volume import Volume
 
@@ -173,7 +173,7 @@ def test_unchanged_inputs_give_identical_bytes(case):
 
 
 def build_seg_again(case):
-    from spine_idc.dicom_seg import build_seg
+    from spine_idc.dicom import build_seg
 
     info, _, seg, tmp_path = case
     labels = np.load(tmp_path / "labels.npy")

@@ -15,8 +15,8 @@ import pydicom
 import pytest
 import requests
 
-from spine_idc.dicom_seg import AlgorithmInfo, write_seg
-from spine_idc.dicom_sr import write_sr
+from spine_idc.dicom import AlgorithmInfo, write_seg
+from spine_idc.dicom import write_sr
 from spine_idc.download.dicomweb import PASSWORD_ENV, TOKEN_ENV, USER_ENV, make_client
 from spine_idc.errors import ConfigError, SeriesError, TransientError
 from spine_idc.measure import measure_vertebrae

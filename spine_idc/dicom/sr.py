@@ -36,8 +36,8 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from . import coding
-from .dicom_seg import (
+from .. import coding
+from .identity import (
     MANUFACTURER,
     AlgorithmInfo,
     deterministic_uid,
@@ -46,8 +46,8 @@ from .dicom_seg import (
     save_dataset,
     tracking_uid,
 )
-from .measure import VertebraMeasurement
-from .volume import SeriesInfo
+from ..measure import VertebraMeasurement
+from ..volume import SeriesInfo
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def build_sr(
         Output of :func:`spine_idc.measure.measure_vertebrae`; every ``level`` must be a segment
         label of ``seg_dataset``.  Groups follow the SEG's segment (cranio-caudal) order.
     seg_dataset:
-        The SEG from :func:`spine_idc.dicom_seg.build_seg` (or read back from disk); it is the
+        The SEG from :func:`spine_idc.dicom.seg.build_seg` (or read back from disk); it is the
         SR's evidence and supplies patient and study attributes.
     info:
         The source CT series.
