@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -157,10 +158,21 @@ def _cmd_cohort(args) -> int:
     return 0
 
 
+def _cmd_check_failures(args) -> int:
+    from .cohort import check_no_series_errors
+
+    check_no_series_errors(args.manifest, args.failures, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spine-idc", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"spine-idc {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--console-fd", type=int, default=None, metavar="FD",
+                   help="also write the one-line reason of a failure to this open file "
+                        "descriptor (the rules pass the console as 3: the job's output goes "
+                        "to its log)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("validate-config", help="check a config file against its schema")
@@ -265,15 +277,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pack-stages", nargs="+", default=["finish"], choices=["finish", "publish"],
                    help="the stages whose packs hold the cohort's inputs (with --packs)")
     s.set_defaults(func=_cmd_cohort)
+
+    s = sub.add_parser("check-failures",
+                       help="fail (exit 1) when any series failed; else write --out (fail_on_series_errors)")
+    s.add_argument("--manifest", type=Path, required=True)
+    s.add_argument("--failures", type=Path, required=True, help="the cohort's failures.csv")
+    s.add_argument("--out", type=Path, required=True, help="the marker written when none failed")
+    s.set_defaults(func=_cmd_check_failures)
     return p
+
+
+def _console_fd(argv: list[str] | None) -> int | None:
+    """The ``--console-fd`` given, read before the full parse so that even an argument error
+    reaches the console."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--console-fd", type=int, default=None)
+    known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return known.console_fd
+
+
+def _job(args) -> str:
+    """What failed, as the console line names it: ``spine-idc shard segment (s00000)``."""
+    if args is None:
+        return "spine-idc"
+    name = f"spine-idc {args.command}"
+    if args.command == "shard":
+        name += f" {args.stage} ({args.shard.stem})"
+    return name
+
+
+def _tell_console(fd: int | None, args, error: BaseException) -> None:
+    """The one-line reason of a failure, on the console (``--console-fd``): a job's own output
+    goes to its log, which Snakemake only names."""
+    if fd is None:
+        return
+    text = str(error) if isinstance(error, SpineIdcError) else f"{type(error).__name__}: {error}"
+    line = f"{_job(args)}: error: {' '.join(text.split())} (details in the job's log)\n"
+    try:
+        os.write(fd, line.encode("utf-8", "replace"))
+    except OSError:  # not open: the reason is in the log all the same
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    console = _console_fd(argv)
     try:
         args = parser.parse_args(argv)
     except SpineIdcError as e:  # --options that fail their schema
         print(f"spine-idc: error: {e}", file=sys.stderr)
+        _tell_console(console, None, e)
         return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -284,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     except SpineIdcError as e:
         # A fault of the machine keeps its traceback (which file, which call) in the job's log.
         log.error("%s", e, exc_info=e if isinstance(e, MachineFault) else None)
+        _tell_console(console, args, e)
+        return 1
+    except Exception as e:
+        if console is None:
+            raise
+        log.exception("%s failed", _job(args))  # the traceback, in the job's log
+        _tell_console(console, args, e)
         return 1
 
 

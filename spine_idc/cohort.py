@@ -183,3 +183,22 @@ def summary(manifest: str | Path, parquet: str | Path, csv: str | Path, failures
         shown = ", ".join(f"{reason} ({stage}) x{n}" for (stage, reason), n in counts.items())
         lines.append(f"failed series by reason: {shown}; see {failures_csv}")
     return "\n".join(lines)
+
+
+def check_no_series_errors(manifest: str | Path, failures_csv: str | Path, out: str | Path) -> None:
+    """``fail_on_series_errors: true``: raise :class:`SpineIdcError` (one line: how many series
+    failed, and why the run fails) when ``failures_csv`` has a row, else write the marker ``out``.
+
+    A step of its own after the cohort's: the tables are written (atomically, and kept) before
+    the run is failed, where a failing cohort job would have its tables removed by Snakemake.
+    """
+    import pandas as pd
+
+    fails = pd.read_csv(failures_csv, dtype=str, keep_default_na=False)
+    failed, total = fails["series_key"].nunique(), len(read_manifest(manifest))
+    if failed:
+        raise SpineIdcError(
+            f"{failed} of {total} series failed and fail_on_series_errors is set: the run fails "
+            f"(the cohort tables are written; reasons in {failures_csv})")
+    with atomic_path(out, suffix=".json") as tmp:
+        tmp.write_text(json.dumps({"series": total, "failed": 0}) + "\n")

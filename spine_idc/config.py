@@ -108,6 +108,7 @@ def validate_config(raw: dict | None) -> dict:
             hint="see workflow/schemas/config.schema.yaml for every key, its type and default",
         )
     reject_credentials_in_urls(data)
+    check_segment_model(data)
     return data
 
 
@@ -141,6 +142,101 @@ def reject_credentials_in_urls(data: dict) -> None:
                      "SPINE_IDC_DICOMWEB_USER and SPINE_IDC_DICOMWEB_PASSWORD, with "
                      "dicomweb.auth / publish.auth: env",
             )
+
+
+_MODEL_HINT = ("point segment.model at a MONAI bundle folder (configs/metadata.json, "
+               "configs/inference.json, models/model.pt), a folder with model.json and its "
+               "checkpoint, or a bucket address (gs://..., s3://...)")
+_BUNDLE_CONFIGS = ("inference.json", "inference.yaml", "inference.yml")
+
+
+def check_segment_model(data: dict) -> None:
+    """The segmenter's model and weights are on this machine, or :class:`ConfigError` (one line
+    naming the key, its value and what is expected), so that a run without them stops before
+    any job starts instead of failing in every segment job.
+
+    ``monai``: ``segment.model`` must be a model folder in one of the two forms
+    :func:`spine_idc.segment.network.load_model` reads, with its weights file.  A bucket address
+    (``gs://``, ``s3://``, any ``scheme://``) cannot be checked offline: the job fetches it and
+    says what is wrong.  ``totalsegmentator``: the package and the weights of every model the
+    configured mode runs (``segment.home_dir``, else TotalSegmentator's own default).  Only the
+    files are looked at: whether the weights fit the network is the job's to find.
+    """
+    segment = data.get("segment") or {}
+    backend = segment.get("backend", "classical")
+    if backend == "monai":
+        _check_monai_model(str(segment.get("model") or ""))
+    elif backend == "totalsegmentator":
+        _check_totalseg_weights(segment)
+
+
+def _check_monai_model(model: str) -> None:
+    if not model.strip():
+        raise ConfigError("segment.model is empty: segment.backend monai needs a model folder",
+                          hint=_MODEL_HINT)
+    if "://" in model:
+        return  # in a bucket: fetched into the job (common.smk), checked there
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"segment.model is {model!r}: no such folder (expected a model folder "
+                          "for segment.backend monai)", hint=_MODEL_HINT)
+    meta_path = folder / "configs" / "metadata.json"
+    if meta_path.is_file():  # a MONAI bundle
+        if not any((folder / "configs" / name).is_file() for name in _BUNDLE_CONFIGS):
+            raise ConfigError(f"segment.model is {model!r}: a MONAI bundle without "
+                              "configs/inference.json (or .yaml)", hint=_MODEL_HINT)
+        description, default = meta_path, "models/model.pt"
+        own = _read_json_object(meta_path, model).get("spine_idc", {})
+    elif (folder / "model.json").is_file():
+        description, default = folder / "model.json", "model.pt"
+        own = _read_json_object(description, model)
+    else:
+        raise ConfigError(f"segment.model is {model!r}: neither configs/metadata.json nor "
+                          "model.json in that folder", hint=_MODEL_HINT)
+    checkpoint = own.get("checkpoint", default) if isinstance(own, dict) else default
+    if not (folder / str(checkpoint)).is_file():
+        raise ConfigError(f"segment.model is {model!r}: its weights {checkpoint} are missing "
+                          f"(as {description.relative_to(folder)} says)", hint=_MODEL_HINT)
+
+
+def _read_json_object(path: Path, model: str) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"segment.model is {model!r}: {path.name} is not readable JSON: "
+                          f"{' '.join(str(e).split())}") from e
+    if not isinstance(value, dict):
+        raise ConfigError(f"segment.model is {model!r}: {path.name} does not hold a JSON object")
+    return value
+
+
+def _check_totalseg_weights(segment: dict) -> None:
+    try:
+        from .segment.totalseg import _env, missing_weights, weights_dir
+    except ImportError as e:  # only the backend's own imports fail here
+        raise ConfigError(f"segment.backend is totalsegmentator but it cannot be loaded ({e})",
+                          hint="pip install '.[totalseg]'") from e
+    home = segment.get("home_dir")
+    if home is not None and not Path(str(home)).expanduser().is_dir():
+        raise ConfigError(f"segment.home_dir is {home!r}: no such folder (expected "
+                          "TotalSegmentator's home folder, holding nnunet/results)",
+                          hint="leave it out to use TotalSegmentator's own (~/.totalsegmentator)")
+    try:
+        with _env(None if home is None else str(Path(str(home)).expanduser())):
+            root = weights_dir()
+            missing = missing_weights(bool(segment.get("fast")), bool(segment.get("with_cord")))
+    except ImportError as e:
+        raise ConfigError(f"segment.backend is totalsegmentator but the TotalSegmentator package "
+                          f"is not installed ({e})", hint="pip install '.[totalseg]'") from e
+    if missing:
+        task = "total_fast" if segment.get("fast") else "total"
+        where = f"segment.home_dir is {home!r}" if home is not None else "segment.home_dir is unset"
+        raise ConfigError(
+            f"segment.backend is totalsegmentator ({where}): the weights for task {task!r} are "
+            f"missing from {root}: " + "; ".join(missing),
+            hint=f"fetch them once with `totalseg_download_weights -t {task}` where there is "
+                 "internet access, then set segment.home_dir (or TOTALSEG_HOME_DIR) to a copy "
+                 "of that ~/.totalsegmentator folder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +328,7 @@ class Config:
     convert: dict[str, Any]
     segment: SegmentConfig
     measure: MeasureConfig
+    fail_on_series_errors: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> "Config":
@@ -250,6 +347,7 @@ class Config:
             convert=dict(data["convert"]),
             segment=SegmentConfig(**data["segment"]),
             measure=MeasureConfig(**data["measure"]),
+            fail_on_series_errors=data["fail_on_series_errors"],
         )
 
     @classmethod

@@ -28,6 +28,8 @@ PATTERNS: dict[str, str] = {
     "cohort_parquet": "results/cohort/measurements.parquet",
     "cohort_csv": "results/cohort/measurements.csv",
     "failures": "results/cohort/failures.csv",
+    # fail_on_series_errors: written when no series failed (the run fails otherwise)
+    "no_series_errors": "work/done/no-series-errors.json",
     "logs": "logs",
 }
 

@@ -119,3 +119,25 @@ def test_the_run_ends_with_a_summary_and_one_line_failures(tmp_path, capsys):
     assert str(out / "f.csv") in said
     lines = (out / "f.csv").read_text().splitlines()
     assert len(lines) == 3 and "unexpected ValueError: boom Traceback (most recent call last): x" in lines[1]
+
+
+def test_check_failures_writes_its_marker_only_when_no_series_failed(tmp_path, caplog):
+    """fail_on_series_errors' step: exit 1 and one line when a series failed (the workflow test
+    runs it on a real run), exit 0 and the marker when none did."""
+    from spine_idc.cli import main
+
+    ok = "1.2.3.1"
+    write_manifest([_row(ok)], tmp_path / "m.tsv")
+    failures, marker = tmp_path / "f.csv", tmp_path / "done.json"
+    pd.DataFrame(columns=["series_key", "stage", "reason"]).to_csv(failures, index=False)
+    args = ["check-failures", "--manifest", str(tmp_path / "m.tsv"), "--failures", str(failures),
+            "--out", str(marker)]
+    assert main(args) == 0
+    assert json.loads(marker.read_text()) == {"series": 1, "failed": 0}
+    marker.unlink()
+    pd.DataFrame([{"series_key": ok, "stage": "convert", "reason": "not-ct"}]).to_csv(failures, index=False)
+    assert main(args) == 1
+    assert not marker.exists()
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(said) == 1 and "1 of 1 series failed and fail_on_series_errors is set" in said[0]
+    assert "\n" not in said[0]

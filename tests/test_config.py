@@ -140,3 +140,77 @@ def test_snakemake_refuses_a_password_in_the_url_before_any_job(tmp_path):
     assert not (tmp_path / "logs").exists() and not (tmp_path / "results").exists()
     assert not any("s3cr3t-pw" in p.read_text(errors="replace")
                    for p in tmp_path.rglob("*") if p.is_file())
+
+
+# --- a missing model or missing weights are found by the config check ----------------------
+
+def _monai(model) -> dict:
+    return {"segment": {"backend": "monai", "model": str(model)}}
+
+
+def _one_line_error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw)
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+def test_a_missing_monai_model_folder_is_a_config_error(tmp_path):
+    text = _one_line_error(_monai(tmp_path / "nowhere"))
+    assert "segment.model" in text and repr(str(tmp_path / "nowhere")) in text
+    assert "MONAI bundle folder" in text  # what is expected
+    assert "segment.model is empty" in _one_line_error(_monai(""))
+    assert "neither configs/metadata.json nor model.json" in _one_line_error(_monai(tmp_path))
+
+
+def test_missing_weights_of_a_monai_model_are_a_config_error(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "model.json").write_text('{"architecture": "SegResNet", "checkpoint": "weights.pt"}')
+    text = _one_line_error(_monai(plain))
+    assert "segment.model" in text and str(plain) in text and "weights.pt are missing" in text
+    (plain / "weights.pt").write_bytes(b"not checked here: the job loads it")
+    validate_config(_monai(plain))
+
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "metadata.json").write_text("{}")
+    assert "configs/inference.json" in _one_line_error(_monai(bundle))
+    (bundle / "configs" / "inference.json").write_text("{}")
+    assert "models/model.pt are missing" in _one_line_error(_monai(bundle))
+    (bundle / "models").mkdir()
+    (bundle / "models" / "model.pt").write_bytes(b"")
+    validate_config(_monai(bundle))
+    assert Config.from_dict(_monai(bundle)).segment.model == str(bundle)
+
+
+def test_a_model_in_a_bucket_is_left_to_the_job():
+    validate_config(_monai("gs://bucket/models/spine"))  # cannot be checked offline
+    validate_config(_monai("s3://bucket/models/spine"))
+
+
+def test_missing_totalsegmentator_weights_are_a_config_error(tmp_path):
+    pytest.importorskip("totalsegmentator")
+    raw = {"segment": {"backend": "totalsegmentator", "home_dir": str(tmp_path / "nowhere")}}
+    text = _one_line_error(raw)
+    assert "segment.home_dir" in text and str(tmp_path / "nowhere") in text
+    raw["segment"]["home_dir"] = str(tmp_path)  # a home folder without its weights
+    text = _one_line_error(raw)
+    assert "segment.home_dir" in text and "weights for task 'total' are missing" in text
+    assert "Dataset292_TotalSegmentator_part2_vertebrae" in text
+
+
+def test_snakemake_stops_on_a_missing_model_before_any_job(tmp_path):
+    """It used to start the run and fail in every segment job, with the reason in the logs."""
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
+         "--cores", "1", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
+         "--config", "source=phantom",
+         f"segment={{'backend': 'monai', 'model': '{tmp_path / 'nowhere'}', 'device': 'cpu'}}"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if "segment.model is" in line]
+    assert len(lines) == 1 and str(tmp_path / "nowhere") in lines[0], out.stderr
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "resources").exists()

@@ -4,6 +4,8 @@ import shlex
 
 from snakemake.exceptions import WorkflowError
 
+from spine_idc.config import check_segment_model
+
 REMOTE = config["source"] in ("idc", "dicomweb")  # series are downloaded before conversion
 
 # Without a shared filesystem (a default storage provider, as in the gcp-batch and k8s
@@ -19,6 +21,12 @@ if PACKS and not REMOTE:
         "(no shared filesystem: --default-storage-provider) cannot see; use source idc or "
         "dicomweb there, or run on a shared filesystem (profiles local, gpu)"
     )
+
+# A missing model or missing weights stop the run here, before any job starts: on a shared
+# filesystem the jobs see the files this machine sees. Without one, a local path names a file on
+# the job's machine, so the segment job checks it there (as it checks a model in a bucket).
+if not PACKS:
+    check_segment_model(config)
 
 # The segment job's needs follow its backend: the networks want a GPU (unless told cpu).
 _NETWORK = config["segment"]["backend"] in ("monai", "totalsegmentator")

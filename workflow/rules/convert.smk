@@ -20,5 +20,5 @@ rule convert:
     conda:
         ENV
     shell:
-        "spine-idc shard convert --shard {input.shard} --options {params.options}"
-        " {params.packs} --out {params.marker} > {log} 2>&1"
+        "spine-idc --console-fd 3 shard convert --shard {input.shard} --options {params.options}"
+        " {params.packs} --out {params.marker} 3>&2 > {log} 2>&1"

@@ -21,5 +21,5 @@ rule finish:
     conda:
         ENV
     shell:
-        "spine-idc shard finish --shard {input.shard} --options {params.options}"
-        " {params.packs} --out {params.marker} > {log} 2>&1"
+        "spine-idc --console-fd 3 shard finish --shard {input.shard} --options {params.options}"
+        " {params.packs} --out {params.marker} 3>&2 > {log} 2>&1"

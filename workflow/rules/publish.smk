@@ -24,5 +24,5 @@ rule publish:
     conda:
         ENV
     shell:
-        "spine-idc shard publish --shard {input.shard} --options {params.options}"
-        " --attempt {resources.publish_attempt} {params.packs} --out {params.marker} >> {log} 2>&1"
+        "spine-idc --console-fd 3 shard publish --shard {input.shard} --options {params.options}"
+        " --attempt {resources.publish_attempt} {params.packs} --out {params.marker} 3>&2 >> {log} 2>&1"

@@ -32,5 +32,5 @@ rule segment:
     conda:
         ENV
     shell:
-        "spine-idc shard segment --shard {input.shard} --options {params.options}"
-        " --threads {threads} {params.model} {params.packs} --out {params.marker} > {log} 2>&1"
+        "spine-idc --console-fd 3 shard segment --shard {input.shard} --options {params.options}"
+        " --threads {threads} {params.model} {params.packs} --out {params.marker} 3>&2 > {log} 2>&1"

@@ -17,7 +17,7 @@ rule phantoms:
     conda:
         ENV
     shell:
-        "spine-idc phantoms --options {params.options} --out {output} > {log} 2>&1"
+        "spine-idc --console-fd 3 phantoms --options {params.options} --out {output} 3>&2 > {log} 2>&1"
 
 
 checkpoint manifest:
@@ -63,5 +63,5 @@ rule download:
     conda:
         ENV
     shell:
-        "spine-idc shard download --shard {input.shard} --options {params.options}"
-        " --attempt {resources.download_attempt} {params.packs} --out {params.marker} >> {log} 2>&1"
+        "spine-idc --console-fd 3 shard download --shard {input.shard} --options {params.options}"
+        " --attempt {resources.download_attempt} {params.packs} --out {params.marker} 3>&2 >> {log} 2>&1"
