@@ -1,6 +1,6 @@
 """Segment-stage throughput: series per hour, seconds per series by step, peak GPU memory.
 
-Runs the segment stage's own shard pipeline (:mod:`spine_idc.segment_batch`: the next series is
+Runs the segment stage's own shard pipeline (:mod:`spine_idc.pipeline.segment_runner`: the next series is
 read and resampled while the current one is inferred, results written behind) on realistic
 phantoms (512x512x300, 0.6-1 mm pixels) for each backend:
 
@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from spine_idc import layout, segment_batch
+from spine_idc import layout
 from spine_idc.config import SegmentConfig
 from spine_idc.phantom import make_phantom, spec_for_seed
+from spine_idc.pipeline import segment_runner
 from spine_idc.volume import write_nifti
 
 ANCHORS = [
@@ -127,16 +128,16 @@ def main() -> None:
     for name, cfg in configs.items():
         try:
             t = time.perf_counter()
-            backend, _ = segment_batch.backend_for(cfg)
+            backend, _ = segment_runner.backend_for(cfg)
             load_s = time.perf_counter() - t
         except Exception as exc:  # noqa: BLE001 - a backend not installed here is reported, not fatal
             print(f"{name}: not run ({str(exc).splitlines()[0]})")
             continue
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        jobs = [segment_batch.SeriesJob(f.name, f, tmp / "segment" / name / f.name) for f in converted]
+        jobs = [segment_runner.SeriesJob(f.name, f, tmp / "segment" / name / f.name) for f in converted]
         stats: dict = {}
-        results = segment_batch.run(jobs, cfg, backend=backend, stats=stats)
+        results = segment_runner.run(jobs, cfg, backend=backend, stats=stats)
         failed = [k for k, f in results.items() if f is not None]
         steps: dict[str, list[float]] = {}
         for job in jobs:

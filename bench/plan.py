@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 
 from spine_idc.manifest import ManifestRow, write_manifest
-from spine_idc.shards import write_shards
+from spine_idc.pipeline.shards import write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ has the phantom's vertebrae cut into 26 cranio-caudal slabs labelled C1 ... L5, 
 every row of the label table that the 26 segments need is used, with the vertebrae's shapes.
 Both tools get the same label map (NIfTI) and the same DICOM folder:
 
-* spine-idc: the ``seg`` stage (:func:`spine_idc.stages.write_seg`: read ``series.json`` and the
+* spine-idc: the ``seg`` stage (:func:`spine_idc.pipeline.stages.write_seg`: read ``series.json`` and the
   label map, read the source headers, build the SEG with highdicom, write it), in this process
   (warm: imports done) and as the workflow runs it, a fresh ``spine-idc seg`` process;
 * dcmqi: ``itkimage2segimage`` with a metadata JSON carrying the same codes, labels, colours and
@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from spine_idc import coding, layout, stages
+from spine_idc import coding, layout
 from spine_idc.convert import load_series, write_converted
 from spine_idc.phantom import write_phantom
+from spine_idc.pipeline import stages
 from spine_idc.volume import LPS_TO_RAS, Volume, read_nifti, write_nifti
 
 N_SEGMENTS = 26

@@ -17,10 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from spine_idc import layout, stages
 from spine_idc.config import Config
 from spine_idc.manifest import ManifestRow, write_manifest
 from spine_idc.phantom import spec_for_seed, write_phantom
+from spine_idc.pipeline import stages
+from spine_idc.pipeline.segment_runner import SeriesJob
 from spine_idc.scan import scan_folder
 
 # TotalSegmentator README: "1 min 17 s" for a 512x512x280 CT at 1.5 mm with the GPU model on an
@@ -57,18 +58,18 @@ def main() -> None:
             "".join(f"{root / 'phantom' / f if not Path(f).is_absolute() else f}\n" for f in found.files)
         )
         manifest = root / "manifest.tsv"
-        write_manifest([ManifestRow(found.key, found.series_instance_uid, found.study_instance_uid,
-                                    found.patient_id, found.modality, found.series_description,
-                                    found.n_files, "phantom", str(lists / f"{found.key}.files"))],
-                       manifest)
+        row = ManifestRow(found.key, found.series_instance_uid, found.study_instance_uid,
+                          found.patient_id, found.modality, found.series_description,
+                          found.n_files, "phantom", str(lists / f"{found.key}.files"))
+        write_manifest([row], manifest)
         key = found.key
         conv, segd = root / "convert", root / "segment"
         meas, seg, sr = root / "m.json", root / "seg.dcm", root / "sr.dcm"
         rows = [
             ("convert (DICOM -> NIfTI HU)",
-             timed(stages.convert, manifest, key, cfg.convert_options(), conv, repeat=args.repeat)),
+             timed(stages.convert, row, cfg.convert_options(), conv, repeat=args.repeat)),
             ("segment (classical, CPU)",
-             timed(stages.segment, conv, key, cfg.segment, segd, repeat=args.repeat)),
+             timed(stages.segment, [SeriesJob(key, conv, segd)], cfg.segment, repeat=args.repeat)),
             ("measure", timed(stages.measure, conv, segd, cfg.measure, meas, repeat=args.repeat)),
             ("DICOM SEG", timed(stages.write_seg, conv, segd, seg, repeat=args.repeat)),
             ("DICOM SR", timed(stages.write_sr, conv, meas, seg, sr, repeat=args.repeat)),

@@ -1,8 +1,10 @@
-"""``spine-idc``: one verb per workflow stage.  Logging is configured here and nowhere else.
+"""``spine-idc``: the verbs the workflow's rules call.  Logging is configured here and nowhere else.
 
-Each verb parses its arguments, calls one function of :mod:`spine_idc.stages` (or the cohort
-module), and turns a :class:`~spine_idc.errors.SpineIdcError` into a one-line message and exit
-status 1.  Bad input for a series is *not* an error here: the stage records it and exits 0.
+``manifest`` selects the cohort, ``shard <stage>`` runs one stage on every series of a shard,
+``cohort`` gathers the tables, ``check-failures`` fails a run with failed series when asked;
+each calls one function of :mod:`spine_idc.pipeline` (one way into each stage), and turns a
+:class:`~spine_idc.errors.SpineIdcError` into a one-line message and exit status 1.  Bad input
+for a series is *not* an error here: the stage records it and exits 0.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def _cmd_validate_config(args) -> int:
 
 
 def _cmd_phantoms(args) -> int:
-    from .stages import make_phantoms
+    from .pipeline.stages import make_phantoms
 
     make_phantoms(args.options.seeds, args.options.size, args.out, levels=args.options.levels)
     return 0
@@ -57,18 +59,14 @@ def _config_json(text: str):
 
 
 def _cmd_manifest(args) -> int:
-    from .stages import make_manifest
+    from .pipeline.shards import write_shards
+    from .pipeline.stages import make_manifest
 
-    make_manifest(args.config_json, args.out, args.file_lists, input_dir=args.input_dir,
-                  shards=args.shards)
+    rows = make_manifest(args.config_json, args.out, args.file_lists, input_dir=args.input_dir)
+    if args.shards is not None:
+        write_shards(rows, args.shards, args.config_json.shard_size)
     return 0
 
-
-def _cmd_download(args) -> int:
-    from .stages import download
-
-    download(args.manifest, args.series, args.config_json.remote(), args.out, attempt=args.attempt)
-    return 0
 
 
 # The config section each shard stage takes as --options (download: the source settings).
@@ -77,7 +75,7 @@ SHARD_SECTIONS = {"download": None, "convert": "convert", "segment": "segment",
 
 
 def _cmd_shard(args) -> int:
-    from . import packs, shards
+    from .pipeline import packs, shards
     from .config import parse_section
     from .manifest import read_manifest
 
@@ -101,56 +99,14 @@ def _cmd_shard(args) -> int:
     return 0
 
 
-def _cmd_convert(args) -> int:
-    from .stages import convert
-
-    convert(args.manifest, args.series, args.options, args.out, downloaded=args.downloaded)
-    return 0
-
-
-def _cmd_segment(args) -> int:
-    from .stages import segment
-
-    segment(args.converted, args.series, args.options, args.out)
-    return 0
-
-
-def _cmd_measure(args) -> int:
-    from .stages import measure
-
-    measure(args.converted, args.segmented, args.options, args.out)
-    return 0
-
-
-def _cmd_seg(args) -> int:
-    from .stages import write_seg
-
-    write_seg(args.converted, args.segmented, args.out)
-    return 0
-
-
-def _cmd_sr(args) -> int:
-    from .stages import write_sr
-
-    write_sr(args.converted, args.measurements, args.seg, args.out)
-    return 0
-
-
-def _cmd_publish(args) -> int:
-    from .stages import publish
-
-    publish(args.converted, args.seg, args.sr, args.series, args.options, args.out, attempt=args.attempt)
-    return 0
-
-
 def _cmd_cohort(args) -> int:
-    from .cohort import summary, write_cohort
+    from .pipeline.cohort import summary, write_cohort
 
     if args.packs is not None:  # no shared filesystem: gather every shard's results here first
         if args.shards is None:
             raise SpineIdcError("cohort --packs needs --shards (the shard tables' folder)")
-        from .packs import unpack_shards
-        from .shards import read_shard_ids
+        from .pipeline.packs import unpack_shards
+        from .pipeline.shards import read_shard_ids
 
         unpack_shards(args.packs, args.pack_stages, read_shard_ids(args.shards), root=args.root)
     write_cohort(args.manifest, args.parquet, args.csv, args.failures, root=args.root)
@@ -159,7 +115,7 @@ def _cmd_cohort(args) -> int:
 
 
 def _cmd_check_failures(args) -> int:
-    from .cohort import check_no_series_errors
+    from .pipeline.cohort import check_no_series_errors
 
     check_no_series_errors(args.manifest, args.failures, args.out)
     return 0
@@ -211,59 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then pack this stage's outputs for the shard's series into this tar")
     s.set_defaults(func=_cmd_shard)
 
-    s = sub.add_parser("download", help="fetch and verify one remote series of the manifest")
-    s.add_argument("--manifest", type=Path, required=True)
-    s.add_argument("--series", required=True)
-    s.add_argument("--config-json", type=_config_json, default="{}")
-    s.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number (1-based)")
-    s.add_argument("--out", type=Path, required=True)
-    s.set_defaults(func=_cmd_download)
 
-    s = sub.add_parser("convert", help="one DICOM series -> HU volume (NIfTI) with checked geometry")
-    s.add_argument("--manifest", type=Path, required=True)
-    s.add_argument("--series", required=True)
-    s.add_argument("--options", type=_options("convert"), default=_options("convert")("{}"))
-    s.add_argument("--downloaded", type=Path, default=None,
-                   help="the series' download folder (idc and dicomweb sources)")
-    s.add_argument("--out", type=Path, required=True)
-    s.set_defaults(func=_cmd_convert)
 
-    s = sub.add_parser("segment", help="label the vertebrae of one converted series")
-    s.add_argument("--converted", type=Path, required=True)
-    s.add_argument("--series", required=True)
-    s.add_argument("--options", type=_options("segment"), default=_options("segment")("{}"))
-    s.add_argument("--out", type=Path, required=True)
-    s.set_defaults(func=_cmd_segment)
 
-    s = sub.add_parser("measure", help="measure each labelled vertebra")
-    s.add_argument("--converted", type=Path, required=True)
-    s.add_argument("--segmented", type=Path, required=True)
-    s.add_argument("--options", type=_options("measure"), default=_options("measure")("{}"))
-    s.add_argument("--out", type=Path, required=True)
-    s.set_defaults(func=_cmd_measure)
 
-    s = sub.add_parser("seg", help="write the DICOM Segmentation of one series")
-    s.add_argument("--converted", type=Path, required=True)
-    s.add_argument("--segmented", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
-    s.set_defaults(func=_cmd_seg)
 
-    s = sub.add_parser("sr", help="write the DICOM SR (TID 1500) of one series")
-    s.add_argument("--converted", type=Path, required=True)
-    s.add_argument("--measurements", type=Path, required=True)
-    s.add_argument("--seg", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
-    s.set_defaults(func=_cmd_sr)
-
-    s = sub.add_parser("publish", help="store one series' SEG and SR in a DICOMweb store (STOW-RS)")
-    s.add_argument("--converted", type=Path, required=True)
-    s.add_argument("--seg", type=Path, required=True)
-    s.add_argument("--sr", type=Path, required=True)
-    s.add_argument("--series", required=True)
-    s.add_argument("--options", type=_options("publish"), default=_options("publish")("{}"))
-    s.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number (1-based)")
-    s.add_argument("--out", type=Path, required=True)
-    s.set_defaults(func=_cmd_publish)
 
     s = sub.add_parser("cohort", help="gather measurements and failures of every series")
     s.add_argument("--manifest", type=Path, required=True)

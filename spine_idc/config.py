@@ -156,7 +156,7 @@ def check_segment_model(data: dict) -> None:
     any job starts instead of failing in every segment job.
 
     ``monai``: ``segment.model`` must be a model folder in one of the two forms
-    :func:`spine_idc.segment.network.load_model` reads, with its weights file.  A bucket address
+    :func:`spine_idc.segment.networks.model.load_model` reads, with its weights file.  A bucket address
     (``gs://``, ``s3://``, any ``scheme://``) cannot be checked offline: the job fetches it and
     says what is wrong.  ``totalsegmentator``: the package and the weights of every model the
     configured mode runs (``segment.home_dir``, else TotalSegmentator's own default).  Only the
@@ -212,7 +212,7 @@ def _read_json_object(path: Path, model: str) -> dict:
 
 def _check_totalseg_weights(segment: dict) -> None:
     try:
-        from .segment.totalseg import _env, missing_weights, weights_dir
+        from .segment.networks.totalseg import _env, missing_weights, weights_dir
     except ImportError as e:  # only the backend's own imports fail here
         raise ConfigError(f"segment.backend is totalsegmentator but it cannot be loaded ({e})",
                           hint="pip install '.[totalseg]'") from e

@@ -30,7 +30,7 @@ class ConfigError(SpineIdcError):
 
 
 class PackError(SpineIdcError):
-    """A shard's pack (spine_idc.packs) is unreadable or holds what packs never hold."""
+    """A shard's pack (spine_idc.pipeline.packs) is unreadable or holds what packs never hold."""
 
 
 class ManifestError(SpineIdcError):

@@ -16,7 +16,7 @@ PATTERNS: dict[str, str] = {
     "shards": "work/shards",
     "shard": "work/shards/{shard}.tsv",
     "shard_done": "work/done/{stage}/{shard}.json",
-    "pack": "work/packs/{stage}/{shard}.tar",  # only without a shared filesystem (spine_idc.packs)
+    "pack": "work/packs/{stage}/{shard}.tar",  # only without a shared filesystem (spine_idc.pipeline.packs)
     "download": "work/download/{series}",
     "convert": "work/convert/{series}",
     "segment": "work/segment/{series}",

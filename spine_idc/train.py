@@ -2,10 +2,10 @@
 
 Training pairs are CT volumes (HU) with label maps in our coding values (phantoms, IDC's
 existing vertebra SEGs, our own QC-passed results).  Both go onto the model's grid with the
-same code inference uses (:mod:`spine_idc.segment.network`), so what the network learns is
+same code inference uses (:mod:`spine_idc.segment.networks.model`), so what the network learns is
 what the ``monai`` backend feeds it.  The output is a MONAI bundle folder
 (``configs/metadata.json``, ``configs/inference.json``, ``models/model.pt``) that
-:func:`spine_idc.segment.network.load_model` reads back, as it reads MONAI's own bundles.
+:func:`spine_idc.segment.networks.model.load_model` reads back, as it reads MONAI's own bundles.
 
 This is deliberately plain: random crops of the model's window size, Dice + cross-entropy,
 AdamW, a fixed number of steps or a time budget.  It is what the tests use to show that the
@@ -61,7 +61,7 @@ def _pad_to(a: np.ndarray, size, value, margin: int = 0) -> np.ndarray:
 
 def prepare_pairs(pairs: list[tuple[Volume, Volume]], values: list[int], opts: TrainOptions):
     """CT/label volumes -> normalised images and channel maps on the network grid (numpy)."""
-    from .segment.network import labels_to_network, network_grid, to_network
+    from .segment.networks.model import labels_to_network, network_grid, to_network
 
     top = max(int(lab.array.max(initial=0)) for _, lab in pairs)
     lut = np.zeros(max(top, max(values)) + 1, np.int64)

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from spine_idc import layout
-from spine_idc.cohort import write_cohort
 from spine_idc.errors import InvalidSeriesError, SpineIdcError
 from spine_idc.manifest import ManifestRow, write_manifest
 from spine_idc.outcome import Failure, write_failure
+from spine_idc.pipeline.cohort import write_cohort
 
 
 def _row(key):

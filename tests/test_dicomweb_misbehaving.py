@@ -12,12 +12,12 @@ from pydicom.uid import generate_uid
 
 from dicom_faults import write_ct_series
 from dicomweb_stub import DicomwebStub, qido_record
-from spine_idc import stages
 from spine_idc.config import Config
 from spine_idc.download import Remote, download_series
 from spine_idc.errors import TransientError
 from spine_idc.manifest import ManifestRow, read_manifest
 from spine_idc.outcome import read_failure
+from spine_idc.pipeline import stages
 
 
 def _dicomweb_config(url: str, **extra) -> Config:

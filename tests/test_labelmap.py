@@ -1,4 +1,4 @@
-"""The QC that network backends share (spine_idc.segment.labelmap.finish_labels), on phantom
+"""The QC that network backends share (spine_idc.segment.networks.labelmap.finish_labels), on phantom
 truth: right names pass, names that do not fit the spacing of the vertebrae are flagged."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from spine_idc import coding
 from spine_idc.phantom import make_phantom, spec_for_seed
 from spine_idc.segment.base import FLAG_IMPLAUSIBLE_SPACING
-from spine_idc.segment.labelmap import finish_labels
+from spine_idc.segment.networks.labelmap import finish_labels
 
 
 def _value(name: str) -> int:

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from spine_idc import layout, shards, stages
+from spine_idc import layout
 from spine_idc.config import Config
 from spine_idc.errors import (MachineFault, SeriesError, TransientError, machine_fault,
                               raise_if_machine_fault)
 from spine_idc.manifest import read_manifest
+from spine_idc.pipeline import shards, stages
 
 LOCAL = Config.from_dict({"source": "local", "shard_size": 10})
 SHARD = Path("work/shards/s00000.tsv")
@@ -84,8 +85,8 @@ def segmented(tmp_path_factory):
     os.chdir(root)
     try:
         write_phantom(0, root / "input" / "p", size="test")
-        stages.make_manifest(LOCAL, root / "m.tsv", root / "lists", input_dir=root / "input",
-                             shards=root / "work" / "shards")
+        rows = stages.make_manifest(LOCAL, root / "m.tsv", root / "lists", input_dir=root / "input")
+        shards.write_shards(rows, root / "work" / "shards", LOCAL.shard_size)
         shards.convert(SHARD, parse_section("{}", "convert"), Path("work/done/convert/s00000.json"))
         shards.segment(SHARD, parse_section("{}", "segment"), Path("work/done/segment/s00000.json"))
     finally:

@@ -13,13 +13,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from spine_idc import coding, layout, segment_batch  # noqa: E402
+from spine_idc import coding, layout  # noqa: E402
 from spine_idc.config import SegmentConfig  # noqa: E402
 from spine_idc.errors import ConfigError  # noqa: E402
 from spine_idc.phantom import make_phantom, spec_for_seed  # noqa: E402
+from spine_idc.pipeline import segment_runner  # noqa: E402
 from spine_idc.segment import get_backend  # noqa: E402
-from spine_idc.segment.labelmap import largest_components, level_value  # noqa: E402
-from spine_idc.segment.network import (  # noqa: E402
+from spine_idc.segment.networks.labelmap import largest_components, level_value  # noqa: E402
+from spine_idc.segment.networks.model import (  # noqa: E402
     keep_largest_components,
     labels_to_network,
     load_model,
@@ -219,14 +220,14 @@ def test_a_shard_records_bad_series_and_finishes_the_rest(bundle, tmp_path):
     for name in ("good", "upstream", "corrupt", "good2"):
         conv = tmp_path / "convert" / name
         conv.mkdir(parents=True)
-        jobs.append(segment_batch.SeriesJob(name, conv, tmp_path / "segment" / name))
+        jobs.append(segment_runner.SeriesJob(name, conv, tmp_path / "segment" / name))
     write_nifti(ph.ct, jobs[0].converted / layout.VOLUME)
     write_nifti(ph.ct, jobs[3].converted / layout.VOLUME)
     write_failure(jobs[1].converted, Failure(stage="convert", series_key="upstream",
                                              reason="missing-slices", message="a gap"))
     (jobs[2].converted / layout.VOLUME).write_bytes(b"\x1f\x8b not really gzip")
     seen = []
-    results = segment_batch.run(jobs, SegmentConfig("monai", model=str(bundle), device="cpu"),
+    results = segment_runner.run(jobs, SegmentConfig("monai", model=str(bundle), device="cpu"),
                                 done=lambda job, failure: seen.append(job.key))
     assert sorted(seen) == ["corrupt", "good", "good2", "upstream"]
     assert results["good"] is None and results["good2"] is None
@@ -252,7 +253,7 @@ def test_a_failed_write_leaves_no_older_result_behind(bundle, tmp_path, monkeypa
     conv = tmp_path / "convert" / "s"
     conv.mkdir(parents=True)
     write_nifti(ph.ct, conv / layout.VOLUME)
-    job = segment_batch.SeriesJob("s", conv, tmp_path / "segment" / "s")
+    job = segment_runner.SeriesJob("s", conv, tmp_path / "segment" / "s")
     job.out.mkdir(parents=True)
     (job.out / layout.LABELS).write_text("an earlier run's result")
     real = spine_idc.volume.write_nifti
@@ -265,7 +266,7 @@ def test_a_failed_write_leaves_no_older_result_behind(bundle, tmp_path, monkeypa
     monkeypatch.setattr(spine_idc.volume, "write_nifti", full_disk)
     stamped = []
     with pytest.raises(MachineFault, match="No space left"):
-        segment_batch.run([job], SegmentConfig("monai", model=str(bundle), device="cpu"),
+        segment_runner.run([job], SegmentConfig("monai", model=str(bundle), device="cpu"),
                           done=lambda j, f: stamped.append(f))
     assert not job.out.exists() and stamped == []
 
@@ -274,9 +275,9 @@ def test_a_missing_model_stops_the_shard_before_any_series(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     conv = tmp_path / "c"
     conv.mkdir()
-    job = segment_batch.SeriesJob("s", conv, tmp_path / "s")
+    job = segment_runner.SeriesJob("s", conv, tmp_path / "s")
     with pytest.raises(ConfigError, match="does not exist"):
-        segment_batch.run([job], SegmentConfig("monai", model=str(tmp_path / "none")))
+        segment_runner.run([job], SegmentConfig("monai", model=str(tmp_path / "none")))
     assert not job.out.exists()
 
 

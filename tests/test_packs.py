@@ -1,4 +1,4 @@
-"""Shard packs (spine_idc.packs): what a stage's pack holds, the round trip, and refusing packs
+"""Shard packs (spine_idc.pipeline.packs): what a stage's pack holds, the round trip, and refusing packs
 that would write outside the job's folder."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from spine_idc import layout, packs
+from spine_idc import layout
 from spine_idc.errors import PackError
-from spine_idc.shards import stamp_path
+from spine_idc.pipeline import packs
+from spine_idc.pipeline.shards import stamp_path
 
 KEYS = ("1.2.3.4", "1.2.3.5")
 

@@ -155,7 +155,7 @@ def test_shared_network_qc_judges_names_by_spacing(ct, names, spaced_right):
     names fit the distance between the two vertebrae; the same masks called T5 and T12 do not."""
     from spine_idc import coding
     from spine_idc.segment.base import FLAG_IMPLAUSIBLE_SPACING
-    from spine_idc.segment.labelmap import finish_labels
+    from spine_idc.segment.networks.labelmap import finish_labels
 
     ts = labels_on_grid(CASE / "labels_totalsegmentator.nii.gz", ct.array.shape, ct.affine)
     value = {lv.name: lv.value for lv in coding.LEVELS}

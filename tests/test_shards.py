@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from spine_idc import layout, shards
+from spine_idc import layout
 from spine_idc.config import MeasureConfig
 from spine_idc.manifest import ManifestRow, read_manifest
+from spine_idc.pipeline import shards
 
 
 def rows(n: int) -> list[ManifestRow]:
@@ -31,7 +32,7 @@ def test_the_manifest_is_cut_into_shards_in_key_order(tmp_path, n, size, expecte
 
 def test_a_series_that_cannot_be_finished_is_recorded_and_the_shard_goes_on(tmp_path, monkeypatch):
     """A failure while measuring or writing the SEG/SR is a result (work/finish/<key>.json)."""
-    from spine_idc import stages
+    from spine_idc.pipeline import stages
     from spine_idc.outcome import Failure, write_failure
 
     monkeypatch.chdir(tmp_path)

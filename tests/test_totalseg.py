@@ -8,7 +8,7 @@
   hand-made models in its expected folders (``tests/totalseg_fixture.py``: they label voxels
   brighter than 200 HU with a chosen class), so the whole path -- the crop model, cropping,
   resampling, nnU-Net's preprocessing and sliding window, undoing it all onto the CT grid, our
-  mapping and :func:`~spine_idc.segment.labelmap.finish_labels` -- is exercised without the real
+  mapping and :func:`~spine_idc.segment.networks.labelmap.finish_labels` -- is exercised without the real
   weights, offline.
 * ``totalseg_weights``: the real model on a phantom, run only where the real weights are
   installed (skipped otherwise).
@@ -26,7 +26,7 @@ import pytest
 from spine_idc import coding
 from spine_idc.errors import ConfigError, SegmentationError
 from spine_idc.segment import base
-from spine_idc.segment import totalseg
+from spine_idc.segment.networks import totalseg
 from spine_idc.segment.base import QCRecord, SegmentationResult
 
 try:
@@ -167,7 +167,7 @@ def test_device_option(tmp_path, monkeypatch, caplog):
     make_home(tmp_path)
     with pytest.raises(ConfigError, match="segment.device"):
         totalseg.TotalSegmentatorBackend(fast=True, device="tpu", home_dir=str(tmp_path))
-    caplog.set_level(logging.INFO, logger="spine_idc.segment.totalseg")
+    caplog.set_level(logging.INFO, logger="spine_idc.segment.networks.totalseg")
     b = totalseg.TotalSegmentatorBackend(fast=True, home_dir=str(tmp_path))
     if torch.cuda.is_available():
         assert b.device == "gpu"
@@ -189,7 +189,7 @@ def test_registry_entry(tmp_path):
     if "totalsegmentator" not in base.available_backends():
         pytest.skip("the registry entry for totalsegmentator is not in spine_idc.segment.base yet")
     module, attr = base._REGISTRY["totalsegmentator"].split(":")
-    assert (module, attr) == ("spine_idc.segment.totalseg", "TotalSegmentatorBackend")
+    assert (module, attr) == ("spine_idc.segment.networks.totalseg", "TotalSegmentatorBackend")
     with pytest.raises(ConfigError, match="does not take"):
         base.get_backend("totalsegmentator", spacing_mm=1.0)
     if HAVE_TS:

@@ -8,7 +8,7 @@ plugin those profiles name, against a GCS emulator on loopback; the series come 
 server in IDC's bucket layout, fetched by the real s5cmd, as in ``test_workflow_remote``.
 
 What this shows: every file a stage needs from an earlier one travels in a declared output (the
-shard packs, ``spine_idc.packs``), and the results are the same as on a shared filesystem.
+shard packs, ``spine_idc.pipeline.packs``), and the results are the same as on a shared filesystem.
 Marked ``slow``.
 """
 

@@ -29,7 +29,7 @@ GAIN = 20.0
 FEATURES = (4, 8)
 
 #: task id -> (folder, trainer, spacing mm) of the models the backend needs (see
-#: ``spine_idc.segment.totalseg.required_models``).
+#: ``spine_idc.segment.networks.totalseg.required_models``).
 TRAINER = "nnUNetTrainer_4000epochs_NoMirroring"
 MODELS = {
     297: ("Dataset297_TotalSegmentator_total_3mm_1559subj", TRAINER, 3.0),

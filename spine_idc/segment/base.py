@@ -228,8 +228,8 @@ class Backend(Protocol):
 #: added here by the issues that implement them; their modules are imported only on request.
 _REGISTRY: dict[str, str] = {
     "classical": "spine_idc.segment.classical:ClassicalBackend",
-    "monai": "spine_idc.segment.monai_backend:MonaiBackend",
-    "totalsegmentator": "spine_idc.segment.totalseg:TotalSegmentatorBackend",
+    "monai": "spine_idc.segment.networks.monai:MonaiBackend",
+    "totalsegmentator": "spine_idc.segment.networks.totalseg:TotalSegmentatorBackend",
 }
 
 

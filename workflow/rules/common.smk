@@ -11,7 +11,7 @@ REMOTE = config["source"] in ("idc", "dicomweb")  # series are downloaded before
 # Without a shared filesystem (a default storage provider, as in the gcp-batch and k8s
 # profiles) only declared files travel between jobs: each shard job then writes a pack of its
 # series' outputs and its marker, its one declared output, and the jobs after it unpack the
-# packs they read (spine_idc.packs).
+# packs they read (spine_idc.pipeline.packs).
 # Decided by the storage settings, which the main process passes on to every job, so that both
 # see the same rules.
 PACKS = workflow.storage_settings.default_storage_provider is not None
@@ -160,7 +160,7 @@ def publish_packs():
 
 def shard_tables():
     """The manifest's shard tables folder (waits for the checkpoint) and the shard ids in it."""
-    from spine_idc.shards import read_shard_ids
+    from spine_idc.pipeline.shards import read_shard_ids
 
     folder = checkpoints.manifest.get().output.shards
     return folder, read_shard_ids(folder)

@@ -1,9 +1,9 @@
 # Where the series come from: an IDC cohort query, a DICOMweb server, synthetic phantoms or a
 # local folder. The manifest is the one checkpoint: it cuts the cohort into shards of
 # `shard_size` series, and every later stage runs one job per shard. A re-selected cohort re-runs
-# the shard jobs, which skip every series whose stamped result is current (spine_idc.shards) on
+# the shard jobs, which skip every series whose stamped result is current (spine_idc.pipeline.shards) on
 # a shared filesystem; without one a job starts from its inputs' packs alone and redoes its
-# whole shard (spine_idc.packs).
+# whole shard (spine_idc.pipeline.packs).
 
 
 rule phantoms:

@@ -1,13 +1,13 @@
 """The ``monai`` backend: a trained MONAI network, sliding-window inference on the GPU.
 
-For each series: the CT is put on the model's grid (:mod:`.network`: reorientation, trilinear
+For each series: the CT is put on the model's grid (:mod:`.model`: reorientation, trilinear
 resampling and intensity normalisation, done on the inference device), a sliding-window
 inference runs with automatic mixed precision on CUDA, the class map is taken by argmax, one
 connected component is kept per level (on the device), and the labels come back to the CT's
 own grid.  :mod:`.labelmap` then checks the anatomical order, derives the bodies and writes the
 QC record on the CPU.
 
-The work is split for the shard pipeline (:func:`spine_idc.shards.segment`):
+The work is split for the shard pipeline (:func:`spine_idc.pipeline.shards.segment`):
 :meth:`MonaiBackend.preprocess` (read side: orientation, resampling) runs in a loader thread
 for the next series while :meth:`MonaiBackend.infer` runs the network on the current one, and
 :meth:`MonaiBackend.finish` (CPU: bodies, QC) runs in a writer thread.
@@ -26,9 +26,9 @@ import time
 
 import numpy as np
 
-from ..errors import ConfigError, SegmentationError
-from ..volume import Volume
-from .base import SegmentationResult
+from ...errors import ConfigError, SegmentationError
+from ...volume import Volume
+from ..base import SegmentationResult
 from .labelmap import finish_labels
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class MonaiBackend:
     Parameters
     ----------
     model:
-        The model folder (see :mod:`.network`).
+        The model folder (see :mod:`.model`).
     device:
         ``auto`` (CUDA if there is one, else CPU with a log line), ``cuda``, ``cuda:1`` or ``cpu``.
     amp:
@@ -66,7 +66,7 @@ class MonaiBackend:
         import monai
         import torch
 
-        from .network import load_model
+        from .model import load_model
 
         if not model:
             raise ConfigError("segment.backend is monai but segment.model is empty",
@@ -114,7 +114,7 @@ class MonaiBackend:
 
     # -- the three steps of the shard pipeline --------------------------------------------
     def preprocess(self, ct: Volume, series_key: str) -> Prepared:
-        from .network import network_grid, to_network
+        from .model import network_grid, to_network
 
         t = time.perf_counter()
         g = network_grid(ct.array.shape, ct.affine, self.spec.spacing_mm, self.spec.orientation)
@@ -141,7 +141,7 @@ class MonaiBackend:
         import torch
         from monai.inferers import sliding_window_inference
 
-        from .network import keep_largest_components, to_native
+        from .model import keep_largest_components, to_native
 
         sync = self._sync
         sync()  # the loaders' work queued on the device is not this series' inference

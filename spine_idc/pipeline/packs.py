@@ -39,9 +39,9 @@ import tarfile
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from . import layout
-from .atomic import atomic_path
-from .errors import PackError
+from .. import layout
+from ..atomic import atomic_path
+from ..errors import PackError
 from .shards import stamp_path
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ import json
 import logging
 from pathlib import Path
 
-from . import coding, layout
-from .atomic import atomic_path
-from .errors import SpineIdcError
-from .manifest import read_manifest
+from .. import coding, layout
+from ..atomic import atomic_path
+from ..errors import SpineIdcError
+from ..manifest import read_manifest
 from .stages import series_failure
 
 log = logging.getLogger(__name__)

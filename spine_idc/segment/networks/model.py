@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .labelmap import level_value
 
 if TYPE_CHECKING:

@@ -32,19 +32,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from . import layout
-from .atomic import atomic_dir, write_text
-from .config import SegmentConfig
-from .errors import ConfigError, SegmentationError, SeriesError, machine_fault, raise_if_machine_fault
-from .outcome import Failure, read_failure, write_failure
+from .. import layout
+from ..atomic import atomic_dir, write_text
+from ..config import SegmentConfig
+from ..errors import ConfigError, SegmentationError, SeriesError, machine_fault, raise_if_machine_fault
+from ..outcome import Failure, read_failure, write_failure
 
 log = logging.getLogger(__name__)
 
 
 def backend_for(options: SegmentConfig):
     """The configured backend, given only the options its constructor takes."""
-    from .segment import get_backend
-    from .segment.base import backend_factory
+    from ..segment import get_backend
+    from ..segment.base import backend_factory
 
     factory = backend_factory(options.backend)
     wanted = inspect.signature(factory).parameters
@@ -102,7 +102,7 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
     ``threads`` (the job's CPUs) caps torch's intra-op threads, so a job uses what it was given
     and the same job gives the same numbers wherever it runs.
     """
-    from .volume import read_nifti
+    from ..volume import read_nifti
 
     if backend is None:
         backend, params = backend_for(options)
@@ -208,8 +208,8 @@ def _device_broken(exc: BaseException) -> bool:
 def _write_result(tmp: Path, backend, loaded: _Loaded, outcome, algo: dict, stepwise: bool) -> Failure | None:
     import numpy as np
 
-    from .coding import SPINAL_CORD_VALUE
-    from .volume import write_nifti
+    from ..coding import SPINAL_CORD_VALUE
+    from ..volume import write_nifti
 
     job = loaded.job
     try:

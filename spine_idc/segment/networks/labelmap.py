@@ -31,10 +31,10 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from .. import coding
-from ..volume import Volume
-from . import grid
-from .base import (
+from ... import coding
+from ...volume import Volume
+from .. import grid
+from ..base import (
     FLAG_ANCHOR_CONFLICT,
     FLAG_FOV_BORDER,
     FLAG_IMPLAUSIBLE_HEIGHT,

@@ -13,11 +13,11 @@ import json
 import logging
 from pathlib import Path
 
-from . import layout
-from .atomic import atomic_dir, write_text
-from .config import MeasureConfig, SegmentConfig
-from .errors import ConfigError, SegmentationError, SeriesError, SpineIdcError, raise_if_machine_fault
-from .outcome import Failure, read_failure, write_failure
+from .. import layout
+from ..atomic import atomic_dir, write_text
+from ..config import MeasureConfig, SegmentConfig
+from ..errors import ConfigError, SeriesError, SpineIdcError, raise_if_machine_fault
+from ..outcome import Failure, read_failure, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +61,26 @@ def make_phantoms(seeds: list[int], size: str, out_dir: Path, levels=()) -> None
 
     ``levels`` (first, last) centres every phantom on that range instead of a drawn scenario.
     """
-    from .phantom import write_phantom
+    from ..phantom import write_phantom
 
     with atomic_dir(out_dir) as tmp:
         for seed in seeds:
             write_phantom(seed, tmp / f"seed-{seed:04d}", size=size, levels=tuple(levels) or None)
 
 
-def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = None,
-                  shards: Path | None = None) -> None:
+def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = None) -> list:
     """The manifest of ``cfg.source``: a folder scan, an IDC query or a QIDO-RS search.
 
     For remote sources the endpoint is probed first, so an offline run stops here, in seconds,
-    with a message, instead of after minutes of retries.
+    with a message, instead of after minutes of retries.  Returns the rows written, for the
+    caller to cut into shards (:func:`.shards.write_shards`).
     """
-    from .manifest import manifest_from_folder, rows_from_records, write_manifest
+    from ..manifest import manifest_from_folder, rows_from_records, write_manifest
 
     file_lists.mkdir(parents=True, exist_ok=True)
     if cfg.source == "idc":
-        from .download import Remote, probe_source
-        from .idc.query import CohortQuery, run_bigquery, run_duckdb
+        from ..download import Remote, probe_source
+        from ..idc.query import CohortQuery, run_bigquery, run_duckdb
 
         probe_source("idc", Remote(cfg.download))
         query = CohortQuery.from_config({k: v for k, v in cfg.query.items() if k != "backend"})
@@ -93,9 +93,9 @@ def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = Non
         rows = rows_from_records(result.records, "idc")
         log.info("IDC %s: %d series selected", result.index_version, len(rows))
     elif cfg.source == "dicomweb":
-        from .download import Remote, probe_source
-        from .download.dicomweb import make_client, search_series
-        from .selection import select_records
+        from ..download import Remote, probe_source
+        from ..download.dicomweb import make_client, search_series
+        from ..selection import select_records
 
         if not cfg.dicomweb_url:
             raise ConfigError("source is dicomweb but dicomweb_url is empty",
@@ -112,24 +112,16 @@ def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = Non
     if not rows:
         log.warning("the manifest is empty: no series matched")
     write_manifest(rows, out)
-    if shards is not None:
-        from .shards import write_shards
-
-        write_shards(rows, shards, cfg.shard_size)
+    return rows
 
 
-def download(manifest: Path, series_key: str, remote, out_dir: Path, attempt: int = 1) -> Failure | None:
-    """:func:`download_row` for the manifest row of ``series_key``."""
-    return download_row(_manifest_row(manifest, series_key), remote, out_dir, attempt=attempt)
-
-
-def download_row(row, remote, out_dir: Path, attempt: int = 1) -> Failure | None:
+def download(row, remote, out_dir: Path, attempt: int = 1) -> Failure | None:
     """Fetch one remote series into ``out_dir/dicom`` (verified), or record ``failure.json``.
 
     Network faults propagate (:class:`~spine_idc.errors.TransientError`,
     :class:`~spine_idc.errors.NetworkUnreachable`) for the caller to retry.
     """
-    from .download import download_series
+    from ..download import download_series
 
     try:
         return download_series(row, out_dir, remote, attempt=attempt)
@@ -140,28 +132,13 @@ def download_row(row, remote, out_dir: Path, attempt: int = 1) -> Failure | None
             return _unexpected("download", tmp, row.series_key, exc)
 
 
-def _manifest_row(manifest: Path, series_key: str):
-    from .manifest import read_manifest
-
-    rows = {r.series_key: r for r in read_manifest(manifest)}
-    if series_key not in rows:
-        raise SpineIdcError(f"series {series_key} is not in manifest {manifest}")
-    return rows[series_key]
-
-
-def convert(manifest: Path, series_key: str, options, out_dir: Path,
-            downloaded: Path | None = None) -> Failure | None:
-    """:func:`convert_row` for the manifest row of ``series_key``."""
-    return convert_row(_manifest_row(manifest, series_key), options, out_dir, downloaded=downloaded)
-
-
-def convert_row(row, options, out_dir: Path, downloaded: Path | None = None) -> Failure | None:
+def convert(row, options, out_dir: Path, downloaded: Path | None = None) -> Failure | None:
     """DICOM series -> ``volume.nii.gz`` + ``series.json``, or ``failure.json``.
 
     Remote series are read from their verified ``downloaded`` folder; a failed download is
     passed on unchanged.
     """
-    from .convert import load_series, write_converted
+    from ..convert import load_series, write_converted
 
     series_key = row.series_key
     if row.remote:
@@ -172,7 +149,7 @@ def convert_row(row, options, out_dir: Path, downloaded: Path | None = None) -> 
             with atomic_dir(out_dir) as tmp:
                 write_failure(tmp, upstream)
             return upstream
-        from .download import downloaded_files
+        from ..download import downloaded_files
 
         files = downloaded_files(downloaded)
     else:
@@ -189,22 +166,23 @@ def convert_row(row, options, out_dir: Path, downloaded: Path | None = None) -> 
     return None
 
 
-def segment(converted: Path, series_key: str, options: SegmentConfig, out_dir: Path) -> Failure | None:
-    """Volume -> vertebra label map, body map and QC record, or ``failure.json``.
+def segment(jobs, options: SegmentConfig, done=None, threads: int | None = None) -> dict:
+    """Volumes -> vertebra label maps, body maps and QC records, or ``failure.json`` each.
 
-    A failed conversion is passed on unchanged, so this stage's folder alone tells the
-    workflow whether the series goes further.  One series of :func:`spine_idc.segment_batch.run`,
-    which the workflow's shard jobs call with many.
+    ``jobs`` are :class:`.segment_runner.SeriesJob` (series key, converted folder, output
+    folder); the model is loaded once for all of them, and only if one needs it.  A failed
+    conversion is passed on unchanged, so this stage's folder alone tells the workflow
+    whether the series goes further.  Returns each series' failure, or ``None``.
     """
-    from .segment_batch import SeriesJob, run
+    from .segment_runner import run
 
-    return run([SeriesJob(series_key, Path(converted), Path(out_dir))], options)[series_key]
+    return run(list(jobs), options, done, threads=threads)
 
 
 def segment_identity(options: SegmentConfig) -> str:
     """What, beyond the options, a segmentation depends on: the weights' checksum, the version."""
     if options.backend == "monai":
-        from .segment.network import load_model
+        from ..segment.networks.model import load_model
 
         return load_model(options.model).identity()
     if options.backend == "totalsegmentator":
@@ -223,8 +201,8 @@ def _qc(segmented: Path) -> dict:
 
 def measure(converted: Path, segmented: Path, options: MeasureConfig, out: Path) -> None:
     """Per-vertebra measurements (and the QC flags that go with them) as JSON."""
-    from .measure import measure_vertebrae
-    from .volume import SeriesInfo, read_nifti
+    from ..measure import measure_vertebrae
+    from ..volume import SeriesInfo, read_nifti
 
     _require_success(converted, "convert")
     _require_success(segmented, "segment")
@@ -301,7 +279,7 @@ def series_failure(series_key: str, root: Path | str = ".") -> Failure | None:
 
 
 def _algorithm(qc: dict, measure_options: dict | None = None):
-    from .dicom import AlgorithmInfo
+    from ..dicom import AlgorithmInfo
 
     algo = qc["algorithm"]
     params = {k: str(v) for k, v in algo.get("parameters", {}).items()}
@@ -310,8 +288,8 @@ def _algorithm(qc: dict, measure_options: dict | None = None):
 
 
 def write_seg(converted: Path, segmented: Path, out: Path) -> None:
-    from .dicom import write_seg as _write_seg
-    from .volume import SeriesInfo, read_nifti
+    from ..dicom import write_seg as _write_seg
+    from ..volume import SeriesInfo, read_nifti
 
     _require_success(segmented, "segment")
     info = SeriesInfo.read(converted / layout.SERIES_INFO)
@@ -322,9 +300,9 @@ def write_seg(converted: Path, segmented: Path, out: Path) -> None:
 def write_sr(converted: Path, measurements: Path, seg: Path, out: Path) -> None:
     import pydicom
 
-    from .dicom import write_sr as _write_sr
-    from .measure import VertebraMeasurement
-    from .volume import SeriesInfo
+    from ..dicom import write_sr as _write_sr
+    from ..measure import VertebraMeasurement
+    from ..volume import SeriesInfo
 
     info = SeriesInfo.read(converted / layout.SERIES_INFO)
     record = json.loads(Path(measurements).read_text())
@@ -336,7 +314,7 @@ def write_sr(converted: Path, measurements: Path, seg: Path, out: Path) -> None:
 
 def series_qc(qc: dict) -> dict[str, bool]:
     """Series-level QC answers for the SR from the segmenter's QC record."""
-    from .coding import LEVEL_BY_NAME
+    from ..coding import LEVEL_BY_NAME
 
     # Vertebrae in cranio-caudal order; S1 and the cord (index -1) are not part of the run.
     named = [LEVEL_BY_NAME[n].index for n in qc.get("levels", []) if n in LEVEL_BY_NAME]
@@ -357,9 +335,9 @@ def publish(converted: Path, seg: Path, sr: Path, series_key: str, options, out:
     A refusal by the store (4xx) is recorded at once; a network fault raises while Snakemake
     attempts remain (``publish.retries``) and is recorded as ``publish-failed`` on the last one.
     """
-    from .errors import TransientError
-    from .publish import publish_series
-    from .volume import SeriesInfo
+    from ..errors import TransientError
+    from ..publish import publish_series
+    from ..volume import SeriesInfo
 
     if not options.url:
         raise ConfigError("publish.to is dicomweb but publish.url is empty",

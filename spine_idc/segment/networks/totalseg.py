@@ -19,7 +19,7 @@ to 26 and ``spinal_cord`` to :data:`~spine_idc.coding.SPINAL_CORD_VALUE`.  The t
 from TotalSegmentator's own ``class_map`` when it is installed; :data:`TOTAL_SPINE_CLASSES` is
 a checked-in copy (tests keep the two equal) so that the mapping can be read and checked
 without it.  The rest (one component per level, order, bodies, QC) is
-:func:`~spine_idc.segment.labelmap.finish_labels`, shared with the other network backends.
+:func:`~spine_idc.segment.networks.labelmap.finish_labels`, shared with the other network backends.
 
 Weights
 -------
@@ -47,10 +47,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import coding
-from ..errors import ConfigError, SegmentationError
-from ..volume import Volume
-from .base import SegmentationResult
+from ... import coding
+from ...errors import ConfigError, SegmentationError
+from ...volume import Volume
+from ..base import SegmentationResult
 from .labelmap import finish_labels, level_value
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ stamped (``work/stamps/<stage>/<key>``: a hash of the stage's options, the packa
 the series' upstream stamp), and a job skips a series whose stamp is current: a re-run job, or a
 shard whose table changed because the cohort grew, redoes only what is missing or stale (on a
 shared filesystem: without one, a job's folder starts empty but for its inputs' packs, and it
-redoes its whole shard, see :mod:`spine_idc.packs`).  Within a job, series are
+redoes its whole shard, see :mod:`spine_idc.pipeline.packs`).  Within a job, series are
 independent: a bad series is recorded and the others go on.  A network fault on some series
 (download, publish) lets the others finish and then fails the job, so that Snakemake's retries
 fetch only what is missing; the last attempt records those series as failed.
@@ -30,11 +30,11 @@ import math
 import shutil
 from pathlib import Path
 
-from . import layout
-from .atomic import write_text
-from .errors import NetworkUnreachable, TransientError
-from .manifest import ManifestRow, read_manifest, write_manifest
-from .outcome import Failure, read_failure
+from .. import layout
+from ..atomic import write_text
+from ..errors import NetworkUnreachable, TransientError
+from ..manifest import ManifestRow, read_manifest, write_manifest
+from ..outcome import Failure, read_failure
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def read_shard_ids(folder: str | Path) -> list[str]:
 
 
 def stamp_path(stage: str, key: str) -> Path:
-    from .scan import safe_series_key
+    from ..scan import safe_series_key
 
     return Path("work") / "stamps" / stage / safe_series_key(key)
 
@@ -75,7 +75,7 @@ def read_stamp(stage: str, key: str) -> str:
 
 def stamp_for(stage: str, options, upstream: str) -> str:
     """What a series' result at ``stage`` depends on, hashed."""
-    from . import __version__
+    from .. import __version__
 
     opts = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options
     text = json.dumps({"stage": stage, "options": opts, "version": __version__, "upstream": upstream},
@@ -119,7 +119,7 @@ def _download_stamp(row: ManifestRow) -> str:
 
 def download(shard: Path, remote, marker: Path, attempt: int = 1) -> None:
     """Fetch every series of the shard not already fetched (verified, or failed for good)."""
-    from .stages import download_row
+    from .stages import download as download_series
 
     outcomes: dict[str, str] = {}
     transient: dict[str, TransientError] = {}
@@ -134,7 +134,7 @@ def download(shard: Path, remote, marker: Path, attempt: int = 1) -> None:
         if out.exists():  # a network failure recorded by an earlier run: try again
             shutil.rmtree(out)
         try:
-            outcomes[key] = _status(download_row(row, remote, out, attempt=attempt))
+            outcomes[key] = _status(download_series(row, remote, out, attempt=attempt))
         except NetworkUnreachable:
             raise  # the endpoint is gone: nothing else in the shard can succeed either
         except TransientError as err:
@@ -156,15 +156,15 @@ def convert(shard: Path, options, marker: Path) -> None:
             outcomes[key] = _status(read_failure(out))
             continue
         downloaded = layout.path("download", key) if row.remote else None
-        outcomes[key] = _status(stages.convert_row(row, options, out, downloaded=downloaded))
+        outcomes[key] = _status(stages.convert(row, options, out, downloaded=downloaded))
         _write_stamp("convert", key, want)
     _write_marker(marker, "convert", outcomes)
 
 
 def segment(shard: Path, options, marker: Path, threads: int | None = None) -> None:
     """Segment the shard's stale series in one pipeline: the model is loaded once, and only if
-    some series needs it (see :mod:`spine_idc.segment_batch`)."""
-    from . import segment_batch, stages
+    some series needs it (see :mod:`spine_idc.pipeline.segment_runner`)."""
+    from . import segment_runner, stages
 
     identity = {**dataclasses.asdict(options), "identity": stages.segment_identity(options)}
     outcomes: dict[str, str] = {}
@@ -176,14 +176,14 @@ def segment(shard: Path, options, marker: Path, threads: int | None = None) -> N
         if _current("segment", key, want, out):
             outcomes[key] = _status(read_failure(out))
             continue
-        jobs.append(segment_batch.SeriesJob(key, layout.path("convert", key), out))
+        jobs.append(segment_runner.SeriesJob(key, layout.path("convert", key), out))
         wants[key] = want
 
     def done(job, failure) -> None:
         _write_stamp("segment", job.key, wants[job.key])
 
     if jobs:
-        results = segment_batch.run(jobs, options, done, threads=threads)
+        results = stages.segment(jobs, options, done, threads=threads)
         outcomes.update({k: _status(f) for k, f in results.items()})
     _write_marker(marker, "segment", {k: outcomes[k] for k in order})
 
