@@ -19,8 +19,10 @@ from pydicom.uid import RLELossless, generate_uid
 from dicom_faults import write_ct_series
 from faultproxy import FaultProxy
 from orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc, upload
-from spine_idc.download import dicomweb
-from spine_idc.download.dicomweb import fetch_dicomweb_series, make_client, search_series
+from spine_idc import dicomweb
+from spine_idc.dicomweb import make_client, multipart
+from spine_idc.dicomweb.search import N_SERIES_INSTANCES
+from spine_idc.download.dicomweb import _series_record, fetch_dicomweb_series, search_series
 from spine_idc.errors import ConfigError, SeriesError, TransientError
 from spine_idc.phantom import write_phantom
 
@@ -160,8 +162,8 @@ def test_search_pages_through_results(client, monkeypatch):
 
 def test_instances_are_counted_when_the_server_omits_the_count(client, data):
     (item,) = client.search_for_series(search_filters={"SeriesInstanceUID": data["phantom"].series_uid})
-    item.pop(dicomweb.N_SERIES_INSTANCES, None)
-    record = dicomweb._series_record(client, item, page_size=50)  # three pages of instances
+    item.pop(N_SERIES_INSTANCES, None)
+    record = _series_record(client, item, page_size=50)  # three pages of instances
     assert record["n_instances"] == len(data["phantom"].files)
 
 
@@ -432,27 +434,27 @@ PARTS = [b"first\r\n--BN not a boundary", b"", b"x" * 50, b"\r\n--BND" + b"y" * 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
 @pytest.mark.parametrize("lengths", [True, False])
 def test_multipart_parts_across_chunk_borders(monkeypatch, chunk, lengths):
-    monkeypatch.setattr(dicomweb, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(multipart, "CHUNK_BYTES", chunk)
     parts = PARTS if lengths else PARTS[:3]  # without lengths a part cannot hold the delimiter
     body = _multipart(parts, lengths=lengths, preamble=b"preamble\r\n")
     ctype = 'multipart/related; type="application/dicom"; boundary=BND'
-    assert list(dicomweb._multipart_parts(_response(body, ctype))) == parts
+    assert list(multipart.read_parts(_response(body, ctype))) == parts
 
 
 @pytest.mark.parametrize("cut", [-9, -30, 20, 5])
 def test_a_body_cut_anywhere_is_truncated(monkeypatch, cut):
-    monkeypatch.setattr(dicomweb, "CHUNK_BYTES", 16)
+    monkeypatch.setattr(multipart, "CHUNK_BYTES", 16)
     body = _multipart(PARTS, lengths=True)
-    with pytest.raises(dicomweb._Truncated):
-        list(dicomweb._multipart_parts(_response(body[:cut], "multipart/related; boundary=BND")))
+    with pytest.raises(multipart.Truncated):
+        list(multipart.read_parts(_response(body[:cut], "multipart/related; boundary=BND")))
     body = _multipart(PARTS[:3], lengths=False, closed=False)  # every part whole, no closing
-    with pytest.raises(dicomweb._Truncated):
-        list(dicomweb._multipart_parts(_response(body, "multipart/related; boundary=BND")))
+    with pytest.raises(multipart.Truncated):
+        list(multipart.read_parts(_response(body, "multipart/related; boundary=BND")))
 
 
 def test_a_body_that_is_not_multipart_is_refused():
-    with pytest.raises(dicomweb._BadMultipart):
-        list(dicomweb._multipart_parts(_response(b"{}", "application/json")))
+    with pytest.raises(multipart.BadMultipart):
+        list(multipart.read_parts(_response(b"{}", "application/json")))
 
 
 # -- Google application default credentials (no network: nothing is refreshed) -----------------

@@ -17,14 +17,12 @@ import requests
 
 from spine_idc.dicom import AlgorithmInfo, write_seg
 from spine_idc.dicom import write_sr
-from spine_idc.download.dicomweb import PASSWORD_ENV, TOKEN_ENV, USER_ENV, make_client
+from spine_idc.dicomweb import PASSWORD_ENV, TOKEN_ENV, USER_ENV, Instance, StowAnswer, make_client
 from spine_idc.errors import ConfigError, SeriesError, TransientError
 from spine_idc.measure import measure_vertebrae
 from spine_idc.publish import (
     IDC_VIEWER,
     PublishStatus,
-    _Instance,
-    _StowAnswer,
     publish_files,
     publish_series,
     viewer_url,
@@ -389,7 +387,7 @@ def test_instance_the_server_drops_after_a_200_is_reported(case, tmp_path):
 @needs_orthanc
 def test_failure_reason_is_read_from_orthancs_json_and_xml_answers(case, orthanc):
     # STOW-RS to another study's URL: Orthanc answers 409 with a Failed SOP Sequence.
-    inst = _Instance(case.sr, case.sr_ds.SOPInstanceUID, case.sr_ds.SeriesInstanceUID,
+    inst = Instance(case.sr, case.sr_ds.SOPInstanceUID, case.sr_ds.SeriesInstanceUID,
                      case.sr_ds.StudyInstanceUID, case.sr_ds.SOPClassUID)
     body = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" + case.sr.read_bytes()
             + b"\r\n--b--\r\n")
@@ -398,7 +396,7 @@ def test_failure_reason_is_read_from_orthancs_json_and_xml_answers(case, orthanc
             "Content-Type": 'multipart/related; type="application/dicom"; boundary=b',
             "Accept": accept})
         assert answer.status_code == 409
-        parsed = _StowAnswer.parse(answer)
+        parsed = StowAnswer.parse(answer)
         assert parsed.failed == {inst.sop_instance_uid: 0x0110}, accept
         assert parsed.describe(inst) == ": failure reason 0x0110 (processing failure)"
 
