@@ -384,3 +384,49 @@ def test_confidence_ranks_two_anchors_above_one():
     one = name_vertebrae([_sides(c) for c in reversed(["--"] * 7)], _verified_sacrum(), True,
                          [True] * n, [None] * n)
     assert min(both.confidence) > max(one.confidence[1:])
+
+
+# --- a disc cut by the end of the view --------------------------------------------------------
+
+def _profile(*runs: tuple[int, float]) -> np.ndarray:
+    """A core HU profile along the spine (1 mm planes) from (length, HU) runs."""
+    return np.concatenate([np.full(n, hu, float) for n, hu in runs])
+
+
+@pytest.mark.parametrize("case, moved", [
+    # The view starts inside a disc (soft tissue, 115 HU) below an endplate band (290 HU) and
+    # the body's marrow (150 HU): the disc chosen on the endplate moves onto the cut disc.
+    ("cut-disc", True),
+    # The view starts in the marrow of the vertebra below (as bright as the marrow above).
+    ("marrow-beyond", False),
+    # A thin disc that shows as a notch between two endplates stays where it is.
+    ("notch", False),
+])
+def test_edge_disc_moves_onto_the_disc_the_view_cuts(case, moved):
+    from spine_idc.segment.classical.discs import Disc, bodies_between, edge_discs
+
+    body = [(14, 150.0), (4, 280.0), (4, 110.0), (4, 280.0), (14, 150.0)]
+    if case == "cut-disc":
+        prof = _profile((3, 115.0), (4, 290.0), *body)
+        first = Disc(centre=5.0, half=1.5, evidence=1.0)
+    elif case == "marrow-beyond":
+        prof = _profile((3, 150.0), (4, 290.0), *body)
+        first = Disc(centre=5.0, half=1.5, evidence=1.0)
+    else:
+        prof = _profile((2, 150.0), (2, 280.0), (2, 170.0), (2, 280.0), *body)
+        first = Disc(centre=4.5, half=1.0, evidence=1.0)
+    top = Disc(centre=len(prof) - 20.5, half=2.0, evidence=1.0)  # the 110 HU disc of `body`
+    out = edge_discs(prof, [first, top], 1.0)
+    assert out[1] == top
+    if moved:
+        assert out[0].centre <= 1.5 and out[0].centre + out[0].half <= 3.5, out[0]
+        # The endplate stays with its body; no sliver of the cut vertebra is left below.
+        from spine_idc.segment.classical.vertebrae import Straightened
+
+        n = len(prof)
+        st = Straightened(body_u=np.zeros(n), body_v=np.zeros(n), width=np.full(n, 30.0),
+                          depth=np.full(n, 25.0), profile=prof, found=np.ones(n, bool))
+        bodies = bodies_between(out, 0, n - 1, st, 1.0, bone_hu=100.0)
+        assert bodies[0].start <= 4
+    else:
+        assert out[0] == first

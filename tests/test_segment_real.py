@@ -35,12 +35,12 @@ pytestmark = [
     pytest.mark.skipif(not CASE.is_dir(), reason=f"real data folder {CASE} is missing"),
 ]
 #: Union Dice of our vertebrae against TotalSegmentator's T11 + T12 on ``ts_t11_t12``.  The
-#: issue asks for 0.85; the segmenter reaches 0.741 (0.749 before discs were segmented and
-#: voxels were mapped to their own reformatted plane): of the 40 mm in view, the T12/L1 disc
-#: at the bottom edge is placed 2-4 mm higher than TotalSegmentator's T12 ends, and the piece
-#: of L1 below it is not in the reference at all.  This guards what holds; the gap is stated
-#: in the issue.
-MIN_UNION_DICE = 0.73
+#: issue asks for 0.85; the segmenter reaches 0.777 (0.741 before the disc cut by the bottom
+#: of the view was found: the disc had been put on T12's lower endplate, and the disc below
+#: it became a sliver of "vertebra").  What is left: T11's laminae and spinous process, which
+#: hang down behind T12's body, are grown into T12 (T11 Dice 0.47, T12 0.73).  This guards
+#: what holds; the gap is stated in the issue.
+MIN_UNION_DICE = 0.76
 
 TS_T11, TS_T12 = 33, 32
 TS_RIBS = range(92, 116)

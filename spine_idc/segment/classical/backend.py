@@ -33,7 +33,8 @@ from ..base import SegmentationResult
 from .canal import CanalTrack, find_canal
 from .column import measure_column, reformat
 from .discs import (
-    between_bodies, bodies_between, choose_discs, disc_evidence, local_period, refine_discs,
+    between_bodies, bodies_between, choose_discs, disc_evidence, edge_discs, local_period,
+    refine_discs,
 )
 from .grow import grow_vertebrae
 from .softparts import discs_and_canal
@@ -201,10 +202,9 @@ class ClassicalBackend:
         period = local_period(first, sp, lo=lo, hi=hi)
         work.disc_evidence = disc_evidence(col.profile, sp, period)
         centres = choose_discs(work.disc_evidence, sp, 2.0 * col.half_width, lo=lo, hi=hi)
-        work.found_discs = between_bodies(
-            refine_discs(col.profile, work.disc_evidence, centres, sp, period), col.profile,
-            col.threshold, sp,
-        )
+        discs = refine_discs(col.profile, work.disc_evidence, centres, sp, period)
+        work.found_discs = between_bodies(edge_discs(col.profile, discs, sp), col.profile,
+                                          col.threshold, sp)
         work.planes = Straightened(
             body_u=col.centre_u, body_v=col.centre_v, width=2.0 * col.half_width,
             depth=2.0 * col.half_depth, profile=col.profile, found=col.found,

@@ -375,10 +375,7 @@ def refine_discs(profile: np.ndarray, evidence: np.ndarray, centres: list[int], 
     them; failing that, the brightest planes within 8 mm either side.  Where disc and
     endplates blurred into one bright band, the disc is the band's middle 3 mm.
     """
-    seen = np.isfinite(profile)
-    idx = np.arange(len(profile))
-    f = np.interp(idx, idx[seen], profile[seen]) if seen.any() else np.zeros(len(profile))
-    f = ndimage.gaussian_filter1d(f, 0.7 / spacing, mode="nearest")
+    f = _smoothed(profile, spacing)
     reach = int(round(8.0 / spacing))
     plain, paired = [], []
     for c in centres:
@@ -411,6 +408,81 @@ def refine_discs(profile: np.ndarray, evidence: np.ndarray, centres: list[int], 
                 chosen[i] = paired[i] if better else plain[i]
     return [Disc(centre=centre, half=float(half), evidence=float(evidence[c]))
             for c, (centre, half) in zip(centres, chosen)]
+
+
+#: An outermost disc within this distance of the end of the view may sit on the endplate of a
+#: disc that the view cuts (:func:`edge_discs`).
+EDGE_DISC_MM = 8.0
+#: The marrow an endplate band is compared with: this stretch beyond the band.
+EDGE_PLATEAU_MM = (2.0, 12.0)
+
+
+def _smoothed(profile: np.ndarray, spacing: float) -> np.ndarray:
+    """The profile with unseen planes interpolated, lightly smoothed (as the evidence sees it)."""
+    seen = np.isfinite(profile)
+    idx = np.arange(len(profile))
+    f = np.interp(idx, idx[seen], profile[seen]) if seen.any() else np.zeros(len(profile))
+    return ndimage.gaussian_filter1d(f, 0.7 / spacing, mode="nearest")
+
+
+def edge_discs(profile: np.ndarray, discs: list[Disc], spacing: float) -> list[Disc]:
+    """The outermost discs, moved onto the disc that the end of the view cuts.
+
+    :func:`disc_evidence` gives nothing within :data:`EDGE_MM` of either end of the view: a
+    disc centre needs an endplate seen on both sides.  Where the view ends inside a disc, the
+    evidence then peaks on the bright endplate beside it (bright on both sides of its own
+    middle), and the disc would be placed on that endplate: the endplate is cut from its
+    body and the disc below becomes a sliver of "vertebra".  So an outermost disc within
+    :data:`EDGE_DISC_MM` of the end is moved where
+
+    * it lies on a band brighter than the marrow beyond it (by :data:`MIN_DIP_HU`), with no
+      notch of that depth at its centre: an endplate, not a disc that shows as a dark band
+      between two endplates;
+    * between that band and the end of the view the profile falls to its lowest within one
+      plane of the end, at least :data:`MIN_DIP_HU` below that marrow: soft tissue that the
+      view cuts, not the marrow of a vertebra beyond.
+
+    The disc is then the dark run at the end (below halfway from its floor up to the band),
+    and the end piece beyond it is too short to be a body.
+    """
+    if not discs:
+        return discs
+    seen = np.flatnonzero(np.isfinite(profile))
+    if seen.size < 5:
+        return discs
+    f = _smoothed(profile, spacing)
+    first, last = int(seen[0]), int(seen[-1])
+    reach = int(round(EDGE_DISC_MM / spacing))
+    p0, p1 = (int(round(x / spacing)) for x in EDGE_PLATEAU_MM)
+    out = list(discs)
+    for i, end, step in ((0, first, 1), (len(out) - 1, last, -1)):
+        d = out[i]
+        # Along the profile from the end of the view inwards.
+        g = f[first: last + 1] if step > 0 else f[first: last + 1][::-1]
+        c = int(round(d.centre)) - first if step > 0 else last - int(round(d.centre))
+        if not 0 <= c <= reach:
+            continue
+        beyond = g[c + int(np.ceil(d.half)) + p0: c + int(np.ceil(d.half)) + p1 + 1]
+        if beyond.size < max(3, p1 - p0) // 2:
+            continue
+        marrow = float(np.median(beyond))
+        # A dark notch between two endplates is a disc of its own, wherever it lies.
+        notch = min(g[: c + 1].max(), g[c: c + reach + 1].max()) - g[c]
+        if notch >= MIN_DIP_HU:
+            continue
+        band = int(np.argmax(g[: c + int(np.ceil(d.half)) + 1]))
+        low = int(np.argmin(g[: band + 1]))
+        if g[band] < marrow + MIN_DIP_HU or low > 1 or g[low] > marrow - MIN_DIP_HU:
+            continue
+        level = g[low] + 0.5 * (g[band] - g[low])
+        run = low
+        while run + 1 < band and g[run + 1] < level:
+            run += 1
+        centre = 0.5 * run
+        half = max(1.5 / spacing, 0.5 * (run + 1))
+        centre = first + centre if step > 0 else last - centre
+        out[i] = Disc(centre=float(centre), half=float(half), evidence=d.evidence)
+    return out
 
 
 def _dark_band(f: np.ndarray, c: int, left: int, right: int, spacing: float, *, paired: bool
