@@ -403,7 +403,8 @@ def _profile(*runs: tuple[int, float]) -> np.ndarray:
     ("notch", False),
 ])
 def test_edge_disc_moves_onto_the_disc_the_view_cuts(case, moved):
-    from spine_idc.segment.classical.discs import Disc, bodies_between, edge_discs
+    from spine_idc.segment.classical.disc_extent import bodies_between, edge_discs
+    from spine_idc.segment.classical.discs import Disc
 
     body = [(14, 150.0), (4, 280.0), (4, 110.0), (4, 280.0), (14, 150.0)]
     if case == "cut-disc":

@@ -32,10 +32,8 @@ from .axis import Centreline, make_centreline
 from ..base import SegmentationResult
 from .canal import CanalTrack, find_canal
 from .column import measure_column, reformat
-from .discs import (
-    between_bodies, bodies_between, choose_discs, disc_evidence, edge_discs, local_period,
-    refine_discs,
-)
+from .disc_extent import between_bodies, bodies_between, edge_discs, refine_discs
+from .discs import choose_discs, disc_evidence, local_period
 from .grow import grow_vertebrae
 from .softparts import discs_and_canal
 from .vertebrae import BodyRun, Straightened

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .axis import Centreline
-from .discs import disc_planes
+from .disc_extent import disc_planes
 from .sacrum import assess
 from .vertebrae import BodyRun, project_mask
 

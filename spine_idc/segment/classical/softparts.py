@@ -5,7 +5,7 @@ straightened frame of the canal centreline (:mod:`.axis`) that the vertebrae wer
 
 * **a disc** lies between two neighbouring bodies, within the outline of the body column
   (:mod:`.column`, the outline the bodies were cut from, with the same margin) and within the
-  slab of its fitted mid-surface (:func:`.discs.disc_planes`: the plane, tilt included, and
+  slab of its fitted mid-surface (:func:`.disc_extent.disc_planes`: the plane, tilt included, and
   half the disc's height, at least :data:`.grow.MIN_DISC_HALF_MM`).  In that slab it is what
   no vertebra took (the vertebrae keep only what is brighter than a disc can be there: the
   rims of the endplates) and brighter than fat (:data:`DISC_MIN_HU`).  Not "darker than the
