@@ -69,6 +69,15 @@ class SeriesError(SpineIdcError):
         super().__init__(f"series {series}: {message}{where}", hint=hint)
         self.detail = message
 
+    def __reduce__(self):
+        # Rebuilt from its own arguments when it crosses a process boundary (a process pool
+        # returning a failed series); the default would call ``cls(message)`` and fail.
+        return _rebuild, (type(self), self.series, self.reason, self.detail, self.path, self.hint)
+
+
+def _rebuild(cls, series, reason, message, path, hint):
+    return cls(series, reason, message, path=path, hint=hint)
+
 
 class InvalidSeriesError(SeriesError):
     """The DICOM series is unusable as a CT volume (corrupt, incomplete, wrong kind)."""

@@ -214,3 +214,18 @@ def test_a_full_disk_fails_the_download_job_records_nothing_and_the_rerun_downlo
             assert job.returncode == 0, job.stderr
             assert len(list((layout.path("download", key) / "dicom").iterdir())) == 12
             assert json.loads(Path("work/done/download/s00000.json").read_text())["series"] == {key: "ok"}
+
+
+def test_series_errors_cross_process_boundaries():
+    """A failed series raised in a worker process reaches the parent as the same error: a
+    process pool pickles it, and the default pickling of an exception would call
+    ``cls(message)`` and break the pool instead."""
+    import pickle
+
+    from spine_idc.errors import SegmentationError
+
+    e = SegmentationError("1.2.3", "no-spine", "no canal", path="x.dcm", hint="look")
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is SegmentationError
+    assert (back.series, back.reason, back.detail, back.path, back.hint, str(back)) == (
+        e.series, e.reason, e.detail, e.path, e.hint, str(e))
