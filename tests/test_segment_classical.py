@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 from spine_idc import coding
+from spine_idc.pipeline.cohort import QC_PASS_CONFIDENCE
+from spine_idc.segment.classical.naming import TRANSITIONAL_CONFIDENCE, TYPICAL_LEVEL_MM
 from spine_idc.errors import ConfigError, SegmentationError
 from spine_idc.phantom import HARD_SCENARIOS, hard_spec, make_phantom, spec_for_seed
 from spine_idc.segment import (
@@ -319,8 +321,11 @@ def test_naming_from_anchors(case):
     codes, sacrum, expected = NAMING_CASES[case]
     n = len(codes)
     ribs = [_sides(c) for c in reversed(codes)]  # internal order: caudal to cranial
+    level_mm = [None] * n
+    if case in ("L6", "T13"):  # a transitional count is named only when its levels are whole
+        level_mm = [TYPICAL_LEVEL_MM.get(nm) for nm in reversed(expected)]
     naming = name_vertebrae(ribs, _verified_sacrum() if sacrum else None, sacrum, [True] * n,
-                            [None] * n)
+                            level_mm)
     names = [coding.level_for_value(v).name for v in reversed(naming.values)]
     if expected is None:
         assert not naming.identified, names
@@ -333,6 +338,30 @@ def test_naming_from_anchors(case):
         assert all(0.3 < c <= 1.0 for c in naming.confidence)
     if case in ("L6", "T13"):
         assert naming.transitional == case
+        # named and flagged, but not sure enough to pass QC (see TRANSITIONAL_CONFIDENCE)
+        assert max(naming.confidence) <= TRANSITIONAL_CONFIDENCE < QC_PASS_CONFIDENCE
+
+
+@pytest.mark.parametrize("case", ["L6", "T13"])
+def test_transitional_count_with_a_split_body_is_not_named(case):
+    """One false disc splits a body in two and gives the same count as a transitional spine
+    (seen under metal streaks: a split L2 named everything below it one level too low, "L6"
+    included, at 0.92).  A count whose levels are not all whole withholds the names."""
+    from spine_idc.segment.classical.naming import name_vertebrae
+
+    codes, _, expected = NAMING_CASES[case]
+    n = len(codes)
+    ribs = [_sides(c) for c in reversed(codes)]
+    level_mm = [TYPICAL_LEVEL_MM.get(nm) for nm in reversed(expected)]
+    # the level counted as L3 (or T8) is two pieces of one body: 55 % and 45 % of it
+    k = list(reversed(expected)).index("L3" if case == "L6" else "T8")
+    level_mm[k], level_mm[k + 1] = 0.55 * level_mm[k], 0.45 * level_mm[k]
+    naming = name_vertebrae(ribs, _verified_sacrum(), True, [True] * n, level_mm)
+    assert not naming.identified
+    assert any("split by a false disc" in w for w in naming.warnings), naming.warnings
+    # and without lengths the count cannot be checked: withheld too
+    naming = name_vertebrae(ribs, _verified_sacrum(), True, [True] * n, [None] * n)
+    assert not naming.identified
 
 
 def test_end_of_rib_cage_cut_by_the_view():
