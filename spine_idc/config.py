@@ -193,9 +193,14 @@ class Stage(enum.StrEnum):
 
 
 @functools.cache
+def _segment_defaults() -> dict[str, Any]:
+    """Every ``segment`` key some backend takes, with its default, as the schema lists them."""
+    section = load_schema("config")["properties"]["segment"]["properties"]
+    return {key: sub.get("default") for key, sub in section.items() if key != "backend"}
+
+
 def _segment_keys() -> frozenset[str]:
-    """Every ``segment`` key some backend takes, as the schema lists them."""
-    return frozenset(load_schema("config")["properties"]["segment"]["properties"]) - {"backend"}
+    return frozenset(_segment_defaults())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +257,13 @@ class SegmentConfig:
     def to_dict(self) -> dict[str, Any]:
         """The flat section of this backend: ``backend`` and its own options."""
         return {"backend": str(self.backend), **dataclasses.asdict(self.options)}
+
+    def stamp_dict(self) -> dict[str, Any]:
+        """What the segment stage's stamps hash: every ``segment`` key, the other backends' at
+        their defaults.  The flat section of before (one record with every backend's keys) is
+        what older stamps hashed, so work folders stamped then keep their results; a change to
+        another backend's key no longer redoes this one's segmentations."""
+        return {**_segment_defaults(), **self.to_dict()}
 
     def replace(self, **changes: Any) -> "SegmentConfig":
         """A copy with some of the backend's options changed (a key it does not take: an error)."""

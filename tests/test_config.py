@@ -271,3 +271,15 @@ def test_stage_names_its_config_section():
 
     assert [s.section for s in Stage] == [None, "convert", "segment", "measure", "publish"]
     assert Stage("segment") == "segment"
+
+
+def test_segment_stamps_hash_the_same_record_as_before():
+    """Stamps written before backends declared their options hashed every segment key: the
+    stamp record keeps that shape, so existing work folders are not segmented again."""
+    from spine_idc.config import SegmentConfig, load_schema
+
+    keys = set(load_schema("config")["properties"]["segment"]["properties"])
+    stamp = SegmentConfig.from_dict(validate_config({})["segment"]).stamp_dict()
+    assert set(stamp) == keys and stamp == validate_config({})["segment"]
+    # another backend's key is at its default: changing it does not redo this backend's work
+    assert SegmentConfig.from_dict({"backend": "classical", "fast": True}).stamp_dict()["fast"] is False
