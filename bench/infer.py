@@ -108,12 +108,12 @@ def main() -> None:
             model = tmp / "wholebody-size"
             if not model.exists():
                 whole_body_sized_bundle(model)
-            configs[name] = SegmentConfig("monai", model=str(model), device=args.device,
-                                          sw_batch_size=args.sw_batch_size)
+            configs[name] = SegmentConfig.of("monai", model=str(model), device=args.device,
+                                             sw_batch_size=args.sw_batch_size)
         elif name == "classical":
-            configs[name] = SegmentConfig("classical")
+            configs[name] = SegmentConfig.of("classical")
         elif name == "totalsegmentator":
-            configs[name] = SegmentConfig("totalsegmentator", device=args.device)
+            configs[name] = SegmentConfig.of("totalsegmentator", device=args.device)
     if args.train:
         from spine_idc.train import TrainOptions, phantom_pairs, train
 
@@ -122,7 +122,7 @@ def main() -> None:
         train(phantom_pairs(range(100, 112), levels=("L1", "sacrum")), model,
               opts=TrainOptions(steps=1500, spacing_mm=6.0, roi_size=(48, 48, 48)))
         print(f"phantom UNet trained in {time.perf_counter() - t:.0f} s")
-        configs["monai-phantom"] = SegmentConfig("monai", model=str(model), device=args.device)
+        configs["monai-phantom"] = SegmentConfig.of("monai", model=str(model), device=args.device)
 
     rows = []
     for name, cfg in configs.items():

@@ -10,7 +10,6 @@ for a series is *not* an error here: the stage records it and exits 0.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -69,14 +68,10 @@ def _cmd_manifest(args) -> int:
 
 
 
-# The config section each shard stage takes as --options (download: the source settings).
-SHARD_SECTIONS = {"download": None, "convert": "convert", "segment": "segment",
-                  "finish": "measure", "publish": "publish"}
-
 
 def _cmd_shard(args) -> int:
     from .pipeline import packs, shards
-    from .config import parse_section
+    from .config import Stage, parse_section
     from .manifest import read_manifest
 
     for pack in args.unpack:  # without a shared filesystem: what earlier stages left
@@ -84,12 +79,12 @@ def _cmd_shard(args) -> int:
     if args.stage == "download":
         shards.download(args.shard, _config_json(args.options).remote(), args.out, attempt=args.attempt)
     else:
-        options = parse_section(args.options, SHARD_SECTIONS[args.stage])
+        options = parse_section(args.options, Stage(args.stage).section)
         if args.stage == "publish":
             shards.publish(args.shard, options, args.out, attempt=args.attempt)
         elif args.stage == "segment":
             if args.model is not None:  # the model folder fetched from a bucket into this job
-                options = dataclasses.replace(options, model=str(args.model))
+                options = options.replace(model=str(args.model))
             shards.segment(args.shard, options, args.out, threads=args.threads)
         else:
             getattr(shards, args.stage)(args.shard, options, args.out)
@@ -122,6 +117,8 @@ def _cmd_check_failures(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import Stage
+
     p = argparse.ArgumentParser(prog="spine-idc", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"spine-idc {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -151,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_manifest)
 
     s = sub.add_parser("shard", help="run one stage on every series of a shard")
-    s.add_argument("stage", choices=list(SHARD_SECTIONS))
+    s.add_argument("stage", choices=[str(stage) for stage in Stage])
     s.add_argument("--shard", type=Path, required=True, help="the shard's manifest table")
     s.add_argument("--options", default="{}",
                    help="the stage's config section as JSON (download: the source settings)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
+import functools
 import json
 import math
 import shlex
@@ -19,6 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .segment import REGISTRY as _BACKENDS
 
 
 def schema_path(name: str = "config") -> Path:
@@ -144,99 +147,13 @@ def reject_credentials_in_urls(data: dict) -> None:
             )
 
 
-_MODEL_HINT = ("point segment.model at a MONAI bundle folder (configs/metadata.json, "
-               "configs/inference.json, models/model.pt), a folder with model.json and its "
-               "checkpoint, or a bucket address (gs://..., s3://...)")
-_BUNDLE_CONFIGS = ("inference.json", "inference.yaml", "inference.yml")
-
-
 def check_segment_model(data: dict) -> None:
     """The segmenter's model and weights are on this machine, or :class:`ConfigError` (one line
     naming the key, its value and what is expected), so that a run without them stops before
-    any job starts instead of failing in every segment job.
-
-    ``monai``: ``segment.model`` must be a model folder in one of the two forms
-    :func:`spine_idc.segment.networks.model.load_model` reads, with its weights file.  A bucket address
-    (``gs://``, ``s3://``, any ``scheme://``) cannot be checked offline: the job fetches it and
-    says what is wrong.  ``totalsegmentator``: the package and the weights of every model the
-    configured mode runs (``segment.home_dir``, else TotalSegmentator's own default).  Only the
-    files are looked at: whether the weights fit the network is the job's to find.
-    """
-    segment = data.get("segment") or {}
-    backend = segment.get("backend", "classical")
-    if backend == "monai":
-        _check_monai_model(str(segment.get("model") or ""))
-    elif backend == "totalsegmentator":
-        _check_totalseg_weights(segment)
-
-
-def _check_monai_model(model: str) -> None:
-    if not model.strip():
-        raise ConfigError("segment.model is empty: segment.backend monai needs a model folder",
-                          hint=_MODEL_HINT)
-    if "://" in model:
-        return  # in a bucket: fetched into the job (common.smk), checked there
-    folder = Path(model).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(f"segment.model is {model!r}: no such folder (expected a model folder "
-                          "for segment.backend monai)", hint=_MODEL_HINT)
-    meta_path = folder / "configs" / "metadata.json"
-    if meta_path.is_file():  # a MONAI bundle
-        if not any((folder / "configs" / name).is_file() for name in _BUNDLE_CONFIGS):
-            raise ConfigError(f"segment.model is {model!r}: a MONAI bundle without "
-                              "configs/inference.json (or .yaml)", hint=_MODEL_HINT)
-        description, default = meta_path, "models/model.pt"
-        own = _read_json_object(meta_path, model).get("spine_idc", {})
-    elif (folder / "model.json").is_file():
-        description, default = folder / "model.json", "model.pt"
-        own = _read_json_object(description, model)
-    else:
-        raise ConfigError(f"segment.model is {model!r}: neither configs/metadata.json nor "
-                          "model.json in that folder", hint=_MODEL_HINT)
-    checkpoint = own.get("checkpoint", default) if isinstance(own, dict) else default
-    if not (folder / str(checkpoint)).is_file():
-        raise ConfigError(f"segment.model is {model!r}: its weights {checkpoint} are missing "
-                          f"(as {description.relative_to(folder)} says)", hint=_MODEL_HINT)
-
-
-def _read_json_object(path: Path, model: str) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"segment.model is {model!r}: {path.name} is not readable JSON: "
-                          f"{' '.join(str(e).split())}") from e
-    if not isinstance(value, dict):
-        raise ConfigError(f"segment.model is {model!r}: {path.name} does not hold a JSON object")
-    return value
-
-
-def _check_totalseg_weights(segment: dict) -> None:
-    try:
-        from .segment.networks.totalseg import _env, missing_weights, weights_dir
-    except ImportError as e:  # only the backend's own imports fail here
-        raise ConfigError(f"segment.backend is totalsegmentator but it cannot be loaded ({e})",
-                          hint="pip install '.[totalseg]'") from e
-    home = segment.get("home_dir")
-    if home is not None and not Path(str(home)).expanduser().is_dir():
-        raise ConfigError(f"segment.home_dir is {home!r}: no such folder (expected "
-                          "TotalSegmentator's home folder, holding nnunet/results)",
-                          hint="leave it out to use TotalSegmentator's own (~/.totalsegmentator)")
-    try:
-        with _env(None if home is None else str(Path(str(home)).expanduser())):
-            root = weights_dir()
-            missing = missing_weights(bool(segment.get("fast")), bool(segment.get("with_cord")))
-    except ImportError as e:
-        raise ConfigError(f"segment.backend is totalsegmentator but the TotalSegmentator package "
-                          f"is not installed ({e})", hint="pip install '.[totalseg]'") from e
-    if missing:
-        task = "total_fast" if segment.get("fast") else "total"
-        where = f"segment.home_dir is {home!r}" if home is not None else "segment.home_dir is unset"
-        raise ConfigError(
-            f"segment.backend is totalsegmentator ({where}): the weights for task {task!r} are "
-            f"missing from {root}: " + "; ".join(missing),
-            hint=f"fetch them once with `totalseg_download_weights -t {task}` where there is "
-                 "internet access, then set segment.home_dir (or TOTALSEG_HOME_DIR) to a copy "
-                 "of that ~/.totalsegmentator folder")
+    any job starts instead of failing in every segment job.  What is checked is the chosen
+    backend's to say (its declaration's ``check``: a model folder for ``monai``, the package and
+    weights for ``totalsegmentator``, nothing for ``classical``)."""
+    SegmentConfig.from_dict(data.get("segment") or {}).check()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,18 +171,146 @@ class PhantomConfig:
         return list(range(self.first_seed, self.first_seed + self.count))
 
 
+#: The ``segment.backend`` values, one per registered backend (:data:`spine_idc.segment.REGISTRY`):
+#: a new backend needs no line here.  Members are strings (``BackendName.MONAI == "monai"``).
+BackendName = enum.StrEnum("BackendName", {name.upper(): name for name in _BACKENDS})
+
+
+class Stage(enum.StrEnum):
+    """The per-shard stages of the workflow, in order (``spine-idc shard <stage>``)."""
+
+    DOWNLOAD = "download"
+    CONVERT = "convert"
+    SEGMENT = "segment"
+    FINISH = "finish"
+    PUBLISH = "publish"
+
+    @property
+    def section(self) -> str | None:
+        """The config section the stage's job takes as ``--options`` (download: the source
+        settings, which are not one section)."""
+        return {"download": None, "finish": "measure"}.get(self.value, self.value)
+
+
+@functools.cache
+def _segment_defaults() -> dict[str, Any]:
+    """Every ``segment`` key some backend takes, with its default, as the schema lists them."""
+    section = load_schema("config")["properties"]["segment"]["properties"]
+    return {key: sub.get("default") for key, sub in section.items() if key != "backend"}
+
+
+def _segment_keys() -> frozenset[str]:
+    return frozenset(_segment_defaults())
+
+
 @dataclasses.dataclass(frozen=True)
 class SegmentConfig:
-    backend: str
-    spacing_mm: float = 1.0
-    model: str = ""
-    device: str = "auto"
-    amp: bool = True
-    sw_batch_size: int = 4
-    overlap: float = 0.25
-    fast: bool = False
-    with_cord: bool = False
-    home_dir: str | None = None
+    """The ``segment`` section: which backend, and that backend's own options.
+
+    Users write one flat section (``backend: monai``, ``model: ...``, ``device: ...``); each
+    backend declares the keys it reads as an options dataclass
+    (:class:`spine_idc.segment.Declaration`), and only those reach it.  The keys of other
+    backends that a section carries (the defaults the schema fills in, ``config.yaml``'s
+    ``spacing_mm`` after ``--config segment={'backend': 'monai', ...}``) are set aside, as
+    before; a key no backend takes is an error.
+
+    Attributes
+    ----------
+    backend:
+        The chosen backend.
+    options:
+        An instance of its declaration's ``options`` dataclass.
+    """
+
+    backend: BackendName
+    options: Any
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", _backend_name(self.backend))
+        wanted = self.declaration.options
+        if not isinstance(self.options, wanted):
+            raise ConfigError(f"segment.backend {self.backend} takes {wanted.__name__} options, "
+                              f"not {type(self.options).__name__}")
+
+    @classmethod
+    def of(cls, backend: str = "classical", **options: Any) -> "SegmentConfig":
+        """From keyword options, strictly: a key ``backend`` does not take is an error naming it."""
+        from .segment import make_options
+
+        return cls(_backend_name(backend), make_options(str(backend), **options))
+
+    @classmethod
+    def from_dict(cls, section: dict) -> "SegmentConfig":
+        """From the flat section as the schema validated it (see the class docstring)."""
+        from .segment import declaration
+
+        values = dict(section)
+        name = _backend_name(values.pop("backend", "classical"))
+        options = declaration(name).options
+        takes = [f.name for f in dataclasses.fields(options)]
+        unknown = sorted(set(values) - set(takes) - _segment_keys())
+        if unknown:
+            raise ConfigError(f"segment.{unknown[0]} is not an option of any segmentation backend "
+                              f"(segment.backend {name} takes: {', '.join(takes) or 'none'})")
+        return cls(name, options(**{k: values[k] for k in takes if k in values}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat section of this backend: ``backend`` and its own options."""
+        return {"backend": str(self.backend), **dataclasses.asdict(self.options)}
+
+    def stamp_dict(self) -> dict[str, Any]:
+        """What the segment stage's stamps hash: every ``segment`` key, the other backends' at
+        their defaults.  The flat section of before (one record with every backend's keys) is
+        what older stamps hashed, so work folders stamped then keep their results; a change to
+        another backend's key no longer redoes this one's segmentations."""
+        return {**_segment_defaults(), **self.to_dict()}
+
+    def replace(self, **changes: Any) -> "SegmentConfig":
+        """A copy with some of the backend's options changed (a key it does not take: an error)."""
+        return SegmentConfig.of(self.backend, **{**dataclasses.asdict(self.options), **changes})
+
+    @property
+    def declaration(self):
+        """The chosen backend's :class:`~spine_idc.segment.Declaration`."""
+        from .segment import declaration
+
+        return declaration(self.backend)
+
+    @property
+    def model(self) -> str:
+        """The model folder the backend reads (``""`` for a backend that reads none): a bucket
+        address here is fetched into the segment job by Snakemake's storage plugin."""
+        return str(getattr(self.options, "model", "") or "")
+
+    def resources(self):
+        """What a segment job needs (:class:`~spine_idc.segment.Resources`), from the backend's
+        declaration and these options (``device: cpu`` asks for no GPU)."""
+        return self.declaration.resources_for(self.options)
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` when what the options name is not on this machine."""
+        check = self.declaration.check
+        if check is not None:
+            check(self.options)
+
+    def identity(self) -> str:
+        """What, beyond the options, a segmentation depends on (weights' checksum, a version)."""
+        identity = self.declaration.identity
+        return identity(self.options) if identity is not None else ""
+
+    def build(self):
+        """The backend, built (this may load a model)."""
+        from .segment import build
+
+        return build(self.backend, self.options)
+
+
+def _backend_name(name: Any) -> BackendName:
+    try:
+        return BackendName(str(name))
+    except ValueError:
+        raise ConfigError(f"unknown segmentation backend {str(name)!r}; choose one of: "
+                          + ", ".join(sorted(_BACKENDS))) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,7 +390,7 @@ class Config:
             input_dir=Path(data["input_dir"]),
             phantom=PhantomConfig(**data["phantom"]),
             convert=dict(data["convert"]),
-            segment=SegmentConfig(**data["segment"]),
+            segment=SegmentConfig.from_dict(data["segment"]),
             measure=MeasureConfig(**data["measure"]),
             fail_on_series_errors=data["fail_on_series_errors"],
         )
@@ -381,6 +426,10 @@ def _convert_options(**kwargs):
     return ConvertOptions(**kwargs)
 
 
+def _segment_config(**section):
+    return SegmentConfig.from_dict(section)
+
+
 SECTION_TYPES = {
     "query": dict,
     "idc": IdcConfig,
@@ -389,7 +438,7 @@ SECTION_TYPES = {
     "publish": PublishConfig,
     "phantom": PhantomConfig,
     "convert": _convert_options,
-    "segment": SegmentConfig,
+    "segment": _segment_config,
     "measure": MeasureConfig,
 }
 

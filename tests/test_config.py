@@ -214,3 +214,72 @@ def test_snakemake_stops_on_a_missing_model_before_any_job(tmp_path):
     lines = [line for line in out.stderr.splitlines() if "segment.model is" in line]
     assert len(lines) == 1 and str(tmp_path / "nowhere") in lines[0], out.stderr
     assert not (tmp_path / "logs").exists() and not (tmp_path / "resources").exists()
+
+
+# --- the segment section: the chosen backend's own options ---------------------------------
+
+def test_every_backend_declares_what_the_schema_documents():
+    """The schema documents each backend's keys for users; the backends declare them. A key or
+    default in one and not the other is a backend half added."""
+    import dataclasses
+
+    from spine_idc.config import BackendName, load_schema
+    from spine_idc.segment import REGISTRY, declaration
+
+    section = load_schema("config")["properties"]["segment"]["properties"]
+    assert sorted(section["backend"]["enum"]) == sorted(REGISTRY) == sorted(BackendName)
+    declared = {}
+    for name in REGISTRY:
+        decl = declaration(name)
+        assert decl.name == name and decl.version and decl.resources.mem_mb > 0
+        for field in dataclasses.fields(decl.options):
+            declared.setdefault(field.name, field.default)
+            assert section[field.name]["default"] == field.default, (name, field.name)
+    assert set(declared) == set(section) - {"backend"}
+
+
+def test_segment_section_gives_the_backend_only_its_own_options():
+    from spine_idc.config import SegmentConfig
+
+    # config.yaml's spacing_mm stays in the section after --config segment={'backend': 'monai'}
+    seg = SegmentConfig.from_dict({"backend": "monai", "model": "m", "spacing_mm": 1.0, "fast": True})
+    assert seg.backend == "monai" and seg.to_dict() == {
+        "backend": "monai", "model": "m", "device": "auto", "amp": True, "sw_batch_size": 4,
+        "overlap": 0.25}
+    assert seg.replace(model="n").model == "n" and seg.model == "m"
+    with pytest.raises(ConfigError, match="segment.modle is not an option of any"):
+        SegmentConfig.from_dict({"backend": "classical", "modle": "m"})
+    with pytest.raises(ConfigError, match="does not take option.*spacing_mm"):
+        SegmentConfig.of("monai", spacing_mm=1.0)  # built in code: strict
+    with pytest.raises(ConfigError, match="unknown segmentation backend 'nope'"):
+        SegmentConfig.of("nope")
+
+
+def test_segment_resources_come_from_the_backend_declaration():
+    from spine_idc.config import SegmentConfig
+
+    classical = SegmentConfig.of("classical").resources()
+    assert (classical.mem_mb, classical.gpu, classical.threads) == (8000, False, 1)
+    monai = SegmentConfig.of("monai", model="m").resources()
+    assert (monai.mem_mb, monai.gpu, monai.threads) == (12000, True, 4)
+    assert SegmentConfig.of("monai", model="m", device="cpu").resources().gpu is False
+    assert SegmentConfig.of("totalsegmentator").resources().mem_mb == 16000
+
+
+def test_stage_names_its_config_section():
+    from spine_idc.config import Stage
+
+    assert [s.section for s in Stage] == [None, "convert", "segment", "measure", "publish"]
+    assert Stage("segment") == "segment"
+
+
+def test_segment_stamps_hash_the_same_record_as_before():
+    """Stamps written before backends declared their options hashed every segment key: the
+    stamp record keeps that shape, so existing work folders are not segmented again."""
+    from spine_idc.config import SegmentConfig, load_schema
+
+    keys = set(load_schema("config")["properties"]["segment"]["properties"])
+    stamp = SegmentConfig.from_dict(validate_config({})["segment"]).stamp_dict()
+    assert set(stamp) == keys and stamp == validate_config({})["segment"]
+    # another backend's key is at its default: changing it does not redo this backend's work
+    assert SegmentConfig.from_dict({"backend": "classical", "fast": True}).stamp_dict()["fast"] is False

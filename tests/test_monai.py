@@ -227,7 +227,7 @@ def test_a_shard_records_bad_series_and_finishes_the_rest(bundle, tmp_path):
                                              reason="missing-slices", message="a gap"))
     (jobs[2].converted / layout.VOLUME).write_bytes(b"\x1f\x8b not really gzip")
     seen = []
-    results = segment_runner.run(jobs, SegmentConfig("monai", model=str(bundle), device="cpu"),
+    results = segment_runner.run(jobs, SegmentConfig.of("monai", model=str(bundle), device="cpu"),
                                 done=lambda job, failure: seen.append(job.key))
     assert sorted(seen) == ["corrupt", "good", "good2", "upstream"]
     assert results["good"] is None and results["good2"] is None
@@ -266,7 +266,7 @@ def test_a_failed_write_leaves_no_older_result_behind(bundle, tmp_path, monkeypa
     monkeypatch.setattr(spine_idc.volume, "write_nifti", full_disk)
     stamped = []
     with pytest.raises(MachineFault, match="No space left"):
-        segment_runner.run([job], SegmentConfig("monai", model=str(bundle), device="cpu"),
+        segment_runner.run([job], SegmentConfig.of("monai", model=str(bundle), device="cpu"),
                           done=lambda j, f: stamped.append(f))
     assert not job.out.exists() and stamped == []
 
@@ -277,7 +277,7 @@ def test_a_missing_model_stops_the_shard_before_any_series(tmp_path, monkeypatch
     conv.mkdir()
     job = segment_runner.SeriesJob("s", conv, tmp_path / "s")
     with pytest.raises(ConfigError, match="does not exist"):
-        segment_runner.run([job], SegmentConfig("monai", model=str(tmp_path / "none")))
+        segment_runner.run([job], SegmentConfig.of("monai", model=str(tmp_path / "none")))
     assert not job.out.exists()
 
 

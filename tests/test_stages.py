@@ -30,7 +30,7 @@ def manifest(tmp_path):
 
 def _segment(converted, key, out):
     """The segment stage on one series."""
-    return stages.segment([SeriesJob(key, converted, out)], SegmentConfig("classical", 1.0))[key]
+    return stages.segment([SeriesJob(key, converted, out)], SegmentConfig.of("classical", spacing_mm=1.0))[key]
 
 
 def test_convert_success_writes_products_only(manifest, tmp_path):

@@ -25,7 +25,7 @@ import pytest
 
 from spine_idc import coding
 from spine_idc.errors import ConfigError, SegmentationError
-from spine_idc.segment import base
+from spine_idc import segment
 from spine_idc.segment.networks import totalseg
 from spine_idc.segment.base import QCRecord, SegmentationResult
 
@@ -186,18 +186,16 @@ def test_without_totalsegmentator_construction_says_how_to_install(monkeypatch):
 
 
 def test_registry_entry(tmp_path):
-    if "totalsegmentator" not in base.available_backends():
-        pytest.skip("the registry entry for totalsegmentator is not in spine_idc.segment.base yet")
-    module, attr = base._REGISTRY["totalsegmentator"].split(":")
+    module, attr = segment.REGISTRY["totalsegmentator"].split(":")
     assert (module, attr) == ("spine_idc.segment.networks.totalseg", "TotalSegmentatorBackend")
     with pytest.raises(ConfigError, match="does not take"):
-        base.get_backend("totalsegmentator", spacing_mm=1.0)
+        segment.get_backend("totalsegmentator", spacing_mm=1.0)
     if HAVE_TS:
         from totalseg_fixture import make_home
 
-        backend = base.get_backend("totalsegmentator", fast=True, device="cpu", with_cord=False,
+        backend = segment.get_backend("totalsegmentator", fast=True, device="cpu", with_cord=False,
                                    home_dir=str(make_home(tmp_path)))
-        assert isinstance(backend, base.Backend) and backend.name == "totalsegmentator"
+        assert isinstance(backend, segment.Backend) and backend.name == "totalsegmentator"
 
 
 # --- the call, with tiny fake models ------------------------------------------------------

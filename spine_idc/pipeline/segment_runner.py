@@ -16,13 +16,13 @@ series that fails anywhere is recorded in its own folder (``failure.json``) and 
 on; a :class:`~spine_idc.errors.ConfigError` (weights missing, wrong device) is raised before
 the first series is touched, so a misconfigured batch stops at once instead of recording every
 series as failed.  Backends without the three steps (the classical one) are called per series
-through ``segment``; the loader still reads ahead.
+through ``segment``; the loader still reads ahead.  Which kind a backend is, is its class's to
+declare (:class:`~spine_idc.segment.StagedBackend`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import shutil
@@ -42,14 +42,9 @@ log = logging.getLogger(__name__)
 
 
 def backend_for(options: SegmentConfig):
-    """The configured backend, given only the options its constructor takes."""
-    from ..segment import get_backend
-    from ..segment.base import backend_factory
-
-    factory = backend_factory(options.backend)
-    wanted = inspect.signature(factory).parameters
-    params = {k: v for k, v in dataclasses.asdict(options).items() if k in wanted}
-    return get_backend(options.backend, **params), params
+    """The configured backend, built, and its options (the SEG's algorithm parameters unless
+    the backend says which weights ran)."""
+    return options.build(), dataclasses.asdict(options.options)
 
 
 def algorithm(backend, params: dict) -> dict:
@@ -102,6 +97,7 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
     ``threads`` (the job's CPUs) caps torch's intra-op threads, so a job uses what it was given
     and the same job gives the same numbers wherever it runs.
     """
+    from ..segment import StagedBackend
     from ..volume import read_nifti
 
     if backend is None:
@@ -111,7 +107,7 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
     if threads and "torch" in sys.modules:  # a network backend: torch is loaded by now
         sys.modules["torch"].set_num_threads(max(1, int(threads)))
     algo = algorithm(backend, params)
-    stepwise = all(callable(getattr(backend, m, None)) for m in ("preprocess", "infer", "finish"))
+    stepwise = isinstance(backend, StagedBackend)
     results: dict[str, Failure | None] = {}
     timing = {"wait_load": 0.0, "infer": 0.0}
 

@@ -166,7 +166,7 @@ def segment(shard: Path, options, marker: Path, threads: int | None = None) -> N
     some series needs it (see :mod:`spine_idc.pipeline.segment_runner`)."""
     from . import segment_runner, stages
 
-    identity = {**dataclasses.asdict(options), "identity": stages.segment_identity(options)}
+    identity = {**options.stamp_dict(), "identity": options.identity()}
     outcomes: dict[str, str] = {}
     jobs, wants = [], {}
     order = [row.series_key for row in read_manifest(shard)]

@@ -179,22 +179,6 @@ def segment(jobs, options: SegmentConfig, done=None, threads: int | None = None)
     return run(list(jobs), options, done, threads=threads)
 
 
-def segment_identity(options: SegmentConfig) -> str:
-    """What, beyond the options, a segmentation depends on: the weights' checksum, the version."""
-    if options.backend == "monai":
-        from ..segment.networks.model import load_model
-
-        return load_model(options.model).identity()
-    if options.backend == "totalsegmentator":
-        import importlib.metadata
-
-        try:
-            return importlib.metadata.version("TotalSegmentator")
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-    return ""
-
-
 def _qc(segmented: Path) -> dict:
     return json.loads((segmented / layout.QC).read_text())
 

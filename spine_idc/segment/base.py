@@ -1,26 +1,30 @@
-"""The segmentation interface every backend implements, and the registry that finds backends.
+"""The segmentation interface every backend implements, and what each backend declares.
 
 A backend turns a CT :class:`~spine_idc.volume.Volume` (HU) into a
 :class:`SegmentationResult`: a whole-vertebra label map and a vertebral-body label map, both on
 the input grid with values from :mod:`spine_idc.coding`, plus a :class:`QCRecord` that says how
 sure the backend is and why.
 
-Backends are looked up by name with :func:`get_backend`.  The registry maps a name to
-``"module:attribute"`` and imports the module only when that backend is asked for, so GPU
-backends (MONAI, TotalSegmentator) can be registered here without making ``import spine_idc``
-pull in torch.
+Each backend class carries a :class:`Declaration`: its name, its version, the dataclass of its
+own options (the ``segment`` keys it reads, with defaults and documentation) and the
+:class:`Resources` a segment job needs for it.  The configuration validates the ``segment``
+section against the chosen backend's options, and the workflow's rules read the job's memory,
+GPU and threads from its resources, so that neither keeps a table keyed by backend name.
+
+:class:`Backend` is what the workflow calls per series; :class:`StagedBackend` is a backend
+that splits that call in three (``preprocess``, ``infer``, ``finish``) so that
+:mod:`spine_idc.pipeline.segment_runner` can keep a GPU fed.  The registry that finds backends
+by name is :mod:`spine_idc.segment` (``__init__``), which imports a backend's module only when it
+is asked for, so that GPU backends do not make ``import spine_idc`` pull in torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 import json
 import logging
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
-from ..errors import ConfigError
 from ..volume import Volume
 
 log = logging.getLogger(__name__)
@@ -206,10 +210,78 @@ class SegmentationResult:
     qc: QCRecord
 
 
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What one segment job asks of the machine for a backend (read by ``workflow/rules``).
+
+    Attributes
+    ----------
+    mem_mb:
+        Memory of the job, MB.  The shard pipeline holds at most three series at once (loading,
+        inferring, writing), so this does not grow with the shard.
+    gpu:
+        Whether the backend runs on a GPU when its options allow one (a ``device: cpu`` option
+        pins it to the CPU: see :meth:`Declaration.resources_for`).
+    threads:
+        CPU threads: the loader and writer threads beside a GPU, or the one the method uses.
+    """
+
+    mem_mb: int
+    gpu: bool = False
+    threads: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Declaration:
+    """What a backend class says about itself, before it is built (building one may load a model).
+
+    Attributes
+    ----------
+    name:
+        The ``segment.backend`` value that chooses it (its key in the registry).
+    version:
+        The version of spine-idc's method (or adapter) for this backend.  A built backend's own
+        ``version``, recorded in the QC record and the SEG, may add what it loaded (library
+        versions, the weights' checksum).
+    options:
+        A frozen dataclass of the backend's own ``segment`` keys, each with its default; its
+        docstring documents them.  The backend is built as ``cls(**asdict(options))``.
+    resources:
+        What a segment job needs for it.
+    check:
+        Optional: ``check(options)`` raises :class:`~spine_idc.errors.ConfigError` when what
+        the options name (a model folder, weights) is not on this machine, so that a run
+        without them stops before any job starts.  Looks at files only; builds nothing.
+    identity:
+        Optional: ``identity(options)`` is what, beyond the options, a result depends on (the
+        weights' checksum, a library's version); a change redoes the segmentation.
+    """
+
+    name: str
+    version: str
+    options: type
+    resources: Resources
+    check: Callable[[Any], None] | None = None
+    identity: Callable[[Any], str] | None = None
+
+    def resources_for(self, options: Any) -> Resources:
+        """The job's resources under ``options``: no GPU where the backend is told ``device: cpu``."""
+        if self.resources.gpu and getattr(options, "device", None) == "cpu":
+            return dataclasses.replace(self.resources, gpu=False)
+        return self.resources
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """What the workflow needs from a segmentation backend."""
+    """What the workflow needs from a segmentation backend.
 
+    A backend class also carries ``declaration`` (a :class:`Declaration`) and is built from its
+    options as ``cls(**dataclasses.asdict(options))``; :func:`spine_idc.segment.build` does both.
+    ``parameters``, when a backend sets it, goes into the SEG's algorithm identification
+    instead of its options (a network's says which weights ran).
+    """
+
+    declaration: ClassVar[Declaration]
     name: str
     version: str
 
@@ -224,47 +296,23 @@ class Backend(Protocol):
         ...
 
 
-#: name -> "module:attribute" of a class (or factory) taking keyword options.  GPU backends are
-#: added here by the issues that implement them; their modules are imported only on request.
-_REGISTRY: dict[str, str] = {
-    "classical": "spine_idc.segment.classical:ClassicalBackend",
-    "monai": "spine_idc.segment.networks.monai:MonaiBackend",
-    "totalsegmentator": "spine_idc.segment.networks.totalseg:TotalSegmentatorBackend",
-}
+@runtime_checkable
+class StagedBackend(Backend, Protocol):
+    """A backend whose ``segment`` is three steps the shard pipeline runs on separate threads.
 
-
-def available_backends() -> list[str]:
-    """Names :func:`get_backend` accepts."""
-    return sorted(_REGISTRY)
-
-
-def backend_factory(name: str):
-    """The class (or factory) registered as ``name``; imports its module."""
-    if name not in _REGISTRY:
-        raise ConfigError(
-            f"unknown segmentation backend {name!r}; choose one of: "
-            + ", ".join(available_backends())
-        )
-    module_name, attr = _REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module_name), attr)
-
-
-def get_backend(name: str, **options: Any) -> Backend:
-    """Instantiate the backend called ``name`` with its keyword ``options``.
-
-    Raises
-    ------
-    ConfigError
-        If ``name`` is not a known backend (the message lists the choices) or an option is not
-        one the backend takes.
+    ``preprocess`` (a loader thread: the next series onto the network's grid), ``infer`` (the
+    calling thread: the network, one series at a time) and ``finish`` (a writer thread: back
+    to the CT's grid, bodies, QC).  ``segment`` is the three in a row.
     """
-    factory = backend_factory(name)
-    params = inspect.signature(factory).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(options) - set(params))
-        if unknown:
-            raise ConfigError(
-                f"segmentation backend {name!r} does not take option(s) {', '.join(unknown)}; "
-                f"it takes: {', '.join(sorted(params)) or 'none'}"
-            )
-    return factory(**options)
+
+    def preprocess(self, ct: Volume, series_key: str) -> Any:
+        """The series ready for inference (the item ``infer`` and ``finish`` take)."""
+        ...
+
+    def infer(self, item: Any, series_key: str) -> tuple:
+        """The network's output for ``item``: the extra arguments of ``finish``."""
+        ...
+
+    def finish(self, item: Any, *outcome: Any) -> SegmentationResult:
+        """``finish(item, *infer(item, key), key)``: the result on the CT's grid."""
+        ...

@@ -4,7 +4,7 @@ import shlex
 
 from snakemake.exceptions import WorkflowError
 
-from spine_idc.config import check_segment_model
+from spine_idc.config import SegmentConfig
 
 REMOTE = config["source"] in ("idc", "dicomweb")  # series are downloaded before conversion
 
@@ -22,23 +22,23 @@ if PACKS and not REMOTE:
         "dicomweb there, or run on a shared filesystem (profiles local, gpu)"
     )
 
+# The chosen backend and its own options; what its segment job needs is the backend's to declare
+# (its Declaration's resources: memory, GPU unless told device: cpu, threads).
+SEGMENT = SegmentConfig.from_dict(config["segment"])
+SEGMENT_RESOURCES = SEGMENT.resources()
+
 # A missing model or missing weights stop the run here, before any job starts: on a shared
 # filesystem the jobs see the files this machine sees. Without one, a local path names a file on
 # the job's machine, so the segment job checks it there (as it checks a model in a bucket).
 if not PACKS:
-    check_segment_model(config)
+    SEGMENT.check()
 
-# The segment job's needs follow its backend: the networks want a GPU (unless told cpu).
-_NETWORK = config["segment"]["backend"] in ("monai", "totalsegmentator")
-SEGMENT_GPUS = 1 if _NETWORK and config["segment"]["device"] != "cpu" else 0
-SEGMENT_MEM_MB = {"classical": 8000, "monai": 12000, "totalsegmentator": 16000}[config["segment"]["backend"]]
+SEGMENT_GPUS = 1 if SEGMENT_RESOURCES.gpu else 0
 SEGMENT_MINUTES_PER_SERIES = 1 if SEGMENT_GPUS else 2
-SEGMENT_THREADS = 4 if _NETWORK else 1  # loader and writer threads beside the GPU
 # A network's model folder in a bucket (segment.model: gs://... or s3://...) is an input of
 # segment: Snakemake's storage plugin fetches it into the job, so that no image has to carry
 # weights and every node reads the same ones.
-_MODEL = config["segment"]["model"]
-MODEL_IN_STORAGE = _NETWORK and "://" in _MODEL
+MODEL_IN_STORAGE = "://" in SEGMENT.model
 # The partitions are the `gpu` profile's site variables (see workflow/profiles/gpu); other
 # executors ignore slurm_partition. Empty: the cluster's default partition.
 SEGMENT_SLURM_PARTITION = (
@@ -97,7 +97,7 @@ def marker(stage):
 
 def segment_model():
     """Input: the model folder when it lives in a bucket (fetched by the storage plugin)."""
-    return {"model": storage(_MODEL)} if MODEL_IN_STORAGE else {}
+    return {"model": storage(SEGMENT.model)} if MODEL_IN_STORAGE else {}
 
 
 def model_arg(wildcards, input):

@@ -17,11 +17,11 @@ rule segment:
         model=model_arg,
     log:
         f"{P['logs']}/segment/{{shard}}.log",
-    threads: SEGMENT_THREADS
+    threads: SEGMENT_RESOURCES.threads
     resources:
-        # The pipeline holds at most three series (loading, inferring, writing), so memory
-        # does not grow with the shard; TotalSegmentator copies the CT as float64, hence more.
-        mem_mb=SEGMENT_MEM_MB,
+        # The backend's declaration (spine_idc.segment.Resources): the pipeline holds at most
+        # three series (loading, inferring, writing), so memory does not grow with the shard.
+        mem_mb=SEGMENT_RESOURCES.mem_mb,
         # Minutes: per series, the slowest case (the classical method or a network on a CPU
         # takes a minute or two; on a GPU a few seconds), plus loading the model.
         runtime=lambda wildcards: SEGMENT_MINUTES_PER_SERIES * config["shard_size"] + 10,

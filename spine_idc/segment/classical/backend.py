@@ -19,6 +19,7 @@ Steps (each module explains its own reasoning):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -29,7 +30,7 @@ from ...errors import ConfigError, SegmentationError
 from ...volume import Volume
 from .. import grid
 from .axis import Centreline, make_centreline
-from ..base import SegmentationResult
+from ..base import Declaration, Resources, SegmentationResult
 from .canal import CanalTrack, find_canal
 from .column import measure_column, reformat
 from .disc_extent import between_bodies, bodies_between, edge_discs, refine_discs
@@ -63,6 +64,13 @@ MAX_MARROW_HU = 600.0
 MIN_CANAL_MM = 20.0
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassicalOptions:
+    """The classical backend's ``segment`` keys: ``spacing_mm``, its isotropic working resolution."""
+
+    spacing_mm: float = 1.0
+
+
 class ClassicalBackend:
     """Weights-free vertebra segmentation on the CPU.
 
@@ -85,6 +93,8 @@ class ClassicalBackend:
 
     name = "classical"
     version = VERSION
+    #: One CPU thread; 8 GB holds a whole-body CT and its working copies.
+    declaration = Declaration(name, VERSION, ClassicalOptions, Resources(mem_mb=8000))
 
     def __init__(self, spacing_mm: float = 1.0, cortical_hu: float | None = None):
         if not 0.3 <= float(spacing_mm) <= 3.0:

@@ -20,15 +20,17 @@ MONAI's and torch's versions go into the SEG's algorithm identification.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 from ...errors import ConfigError, SegmentationError
 from ...volume import Volume
-from ..base import SegmentationResult
+from ..base import Declaration, Resources, SegmentationResult
 from .labelmap import finish_labels
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,80 @@ class Prepared:
     grid: object
     image: object  # torch tensor [1, 1, X, Y, Z] on the inference device
     seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MonaiOptions:
+    """The ``monai`` backend's ``segment`` keys (documented at :class:`MonaiBackend`)."""
+
+    model: str = ""
+    device: str = "auto"
+    amp: bool = True
+    sw_batch_size: int = 4
+    overlap: float = 0.25
+
+
+_MODEL_HINT = ("point segment.model at a MONAI bundle folder (configs/metadata.json, "
+               "configs/inference.json, models/model.pt), a folder with model.json and its "
+               "checkpoint, or a bucket address (gs://..., s3://...)")
+_BUNDLE_CONFIGS = ("inference.json", "inference.yaml", "inference.yml")
+
+
+def check_model(options: MonaiOptions) -> None:
+    """The model folder and its weights are on this machine, or :class:`ConfigError` (one line
+    naming ``segment.model``, its value and what is expected).
+
+    ``segment.model`` must be a model folder in one of the two forms
+    :func:`spine_idc.segment.networks.model.load_model` reads, with its weights file.  A bucket
+    address (``gs://``, ``s3://``, any ``scheme://``) cannot be checked offline: the job fetches
+    it and says what is wrong.  Only the files are looked at: whether the weights fit the
+    network is the job's to find.
+    """
+    model = str(options.model or "")
+    if not model.strip():
+        raise ConfigError("segment.model is empty: segment.backend monai needs a model folder",
+                          hint=_MODEL_HINT)
+    if "://" in model:
+        return  # in a bucket: fetched into the job (common.smk), checked there
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"segment.model is {model!r}: no such folder (expected a model folder "
+                          "for segment.backend monai)", hint=_MODEL_HINT)
+    meta_path = folder / "configs" / "metadata.json"
+    if meta_path.is_file():  # a MONAI bundle
+        if not any((folder / "configs" / name).is_file() for name in _BUNDLE_CONFIGS):
+            raise ConfigError(f"segment.model is {model!r}: a MONAI bundle without "
+                              "configs/inference.json (or .yaml)", hint=_MODEL_HINT)
+        description, default = meta_path, "models/model.pt"
+        own = _read_json_object(meta_path, model).get("spine_idc", {})
+    elif (folder / "model.json").is_file():
+        description, default = folder / "model.json", "model.pt"
+        own = _read_json_object(description, model)
+    else:
+        raise ConfigError(f"segment.model is {model!r}: neither configs/metadata.json nor "
+                          "model.json in that folder", hint=_MODEL_HINT)
+    checkpoint = own.get("checkpoint", default) if isinstance(own, dict) else default
+    if not (folder / str(checkpoint)).is_file():
+        raise ConfigError(f"segment.model is {model!r}: its weights {checkpoint} are missing "
+                          f"(as {description.relative_to(folder)} says)", hint=_MODEL_HINT)
+
+
+def _read_json_object(path: Path, model: str) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"segment.model is {model!r}: {path.name} is not readable JSON: "
+                          f"{' '.join(str(e).split())}") from e
+    if not isinstance(value, dict):
+        raise ConfigError(f"segment.model is {model!r}: {path.name} does not hold a JSON object")
+    return value
+
+
+def model_identity(options: MonaiOptions) -> str:
+    """A hash of the model folder's weights and configuration (see ``ModelSpec.identity``)."""
+    from .model import load_model
+
+    return load_model(options.model).identity()
 
 
 class MonaiBackend:
@@ -60,6 +136,10 @@ class MonaiBackend:
     """
 
     name = "monai"
+    #: 12 GB: the CT, its copy on the network grid and the class map; four threads load and
+    #: write beside the GPU.
+    declaration = Declaration(name, "1", MonaiOptions, Resources(mem_mb=12000, gpu=True, threads=4),
+                              check=check_model, identity=model_identity)
 
     def __init__(self, model: str = "", device: str = "auto", amp: bool = True,
                  sw_batch_size: int = 4, overlap: float = 0.25):

@@ -37,6 +37,7 @@ its anonymous usage statistics (an HTTP POST after each prediction unless its co
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import io
 import logging
@@ -50,7 +51,7 @@ import numpy as np
 from ... import coding
 from ...errors import ConfigError, SegmentationError
 from ...volume import Volume
-from ..base import SegmentationResult
+from ..base import Declaration, Resources, SegmentationResult
 from .labelmap import finish_labels, level_value
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,52 @@ def _ts_version() -> str:
         return "unknown"
 
 
+@dataclasses.dataclass(frozen=True)
+class TotalSegOptions:
+    """The ``totalsegmentator`` backend's ``segment`` keys (documented at
+    :class:`TotalSegmentatorBackend`)."""
+
+    fast: bool = False
+    device: str = "auto"
+    with_cord: bool = False
+    home_dir: str | None = None
+
+
+def check_weights(options: TotalSegOptions) -> None:
+    """The TotalSegmentator package and the weights of every model the configured mode runs
+    are on this machine (``segment.home_dir``, else TotalSegmentator's own default), or
+    :class:`ConfigError` naming the key and what is missing.  Only the files are looked at."""
+    home = options.home_dir
+    if home is not None and not Path(str(home)).expanduser().is_dir():
+        raise ConfigError(f"segment.home_dir is {home!r}: no such folder (expected "
+                          "TotalSegmentator's home folder, holding nnunet/results)",
+                          hint="leave it out to use TotalSegmentator's own (~/.totalsegmentator)")
+    try:
+        with _env(None if home is None else str(Path(str(home)).expanduser())):
+            root = weights_dir()
+            missing = missing_weights(bool(options.fast), bool(options.with_cord))
+    except ImportError as e:
+        raise ConfigError(f"segment.backend is totalsegmentator but the TotalSegmentator package "
+                          f"is not installed ({e})", hint="pip install '.[totalseg]'") from e
+    if missing:
+        task = "total_fast" if options.fast else "total"
+        where = f"segment.home_dir is {home!r}" if home is not None else "segment.home_dir is unset"
+        raise ConfigError(
+            f"segment.backend is totalsegmentator ({where}): the weights for task {task!r} are "
+            f"missing from {root}: " + "; ".join(missing),
+            hint=f"fetch them once with `totalseg_download_weights -t {task}` where there is "
+                 "internet access, then set segment.home_dir (or TOTALSEG_HOME_DIR) to a copy "
+                 "of that ~/.totalsegmentator folder")
+
+
+def package_version(options: TotalSegOptions) -> str:
+    """The installed TotalSegmentator's version: its models come with it."""
+    try:
+        return importlib.metadata.version("TotalSegmentator")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 class TotalSegmentatorBackend:
     """TotalSegmentator's vertebrae (task ``total`` with a spine ``roi_subset``).
 
@@ -227,6 +274,9 @@ class TotalSegmentatorBackend:
     """
 
     name = "totalsegmentator"
+    #: 16 GB: TotalSegmentator copies the CT as float64; four threads beside the GPU.
+    declaration = Declaration(name, "1", TotalSegOptions, Resources(mem_mb=16000, gpu=True, threads=4),
+                              check=check_weights, identity=package_version)
 
     def __init__(
         self,
