@@ -364,8 +364,8 @@ class Config:
         return cls.from_dict(raw)
 
     def remote(self):
-        """What the download stage needs to reach the source (:class:`spine_idc.download.Remote`)."""
-        from .download import Remote
+        """What the download stage needs to reach the source (:class:`spine_idc.sources.Remote`)."""
+        from .sources.base import Remote
 
         return Remote(self.download, self.dicomweb_url, self.dicomweb.auth)
 

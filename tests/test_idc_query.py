@@ -29,8 +29,8 @@ import pytest
 
 from spine_idc.config import load_schema
 from spine_idc.errors import ConfigError, NetworkUnreachable, SpineIdcError
-from spine_idc.idc import indices
-from spine_idc.idc.query import (
+from spine_idc.sources.idc import indices
+from spine_idc.sources.idc.query import (
     CT_IMAGE_STORAGE,
     RECORD_KEYS,
     ROW_COLUMNS,
@@ -255,7 +255,7 @@ def test_include_and_exclude_series(spine):
 
 def test_include_series_alone_and_whatever_the_filters(caplog):
     seg_uid = index_sql("SELECT min(SeriesInstanceUID) FROM idx WHERE Modality = 'SEG'")[0][0]
-    with caplog.at_level(logging.WARNING, logger="spine_idc.idc.query"):
+    with caplog.at_level(logging.WARNING, logger="spine_idc.sources.idc.query"):
         got = run(query(include_series=[seg_uid, ABSENT_UID], body_parts=[]))
     assert uids(got) == [seg_uid] and got.records[0]["modality"] == "SEG"
     assert ABSENT_UID in caplog.text
@@ -549,7 +549,7 @@ def test_records_from_bigquery_shaped_rows(caplog):
         Row(("1.2.3.10", None, None, "CT", "bone", 3, "c", "LSPINE", None, None, None, None), fields),
         Row(("1.2.03", "1.2.3", "P3", "CT", "x", 5, "c", "SPINE", "CC BY 4.0", 1.0, "b", "u"), fields),
     ]
-    with caplog.at_level(logging.WARNING, logger="spine_idc.idc.query"):
+    with caplog.at_level(logging.WARNING, logger="spine_idc.sources.idc.query"):
         records = records_from_rows([dict(row.items()) for row in rows], "v26")
     assert "1.2.03" in caplog.text
     assert [r["series_key"] for r in records] == ["1.2.3.10", "1.2.3.20"]

@@ -1,4 +1,4 @@
-"""One DICOMweb client, shared by the dicomweb source (:mod:`spine_idc.download.dicomweb`) and by
+"""One DICOMweb client, shared by the dicomweb source (:mod:`spine_idc.sources.dicomweb.series`) and by
 publishing (:mod:`spine_idc.publish`).
 
 ========================  ===================================================================

@@ -4,7 +4,7 @@ A :class:`CohortQuery` is the config's ``query`` section, checked once when it i
 on either of two backends, which return the same records for the same IDC release:
 
 * :func:`run_duckdb` reads the series table bundled with idc-index-data (and, when a filter needs
-  them, the ``ct_index`` / ``seg_index`` tables, see :mod:`spine_idc.idc.indices`) with DuckDB:
+  them, the ``ct_index`` / ``seg_index`` tables, see :mod:`spine_idc.sources.idc.indices`) with DuckDB:
   offline, no account, well under a second.  The release is the bundled one (``v25`` for
   idc-index-data 25.x).
 * :func:`run_bigquery` aggregates ``dicom_all`` in IDC's public BigQuery dataset per series, with
@@ -73,8 +73,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, NetworkUnreachable, SpineIdcError
-from ..scan import is_valid_uid
+from ...errors import ConfigError, NetworkUnreachable, SpineIdcError
+from ...uids import is_valid_uid
 from . import indices
 
 log = logging.getLogger(__name__)
@@ -573,7 +573,7 @@ def run_duckdb(
         The series table (default: the one bundled with idc-index-data).
     indices_dir:
         Searched first for ``ct_index.parquet`` / ``seg_index.parquet`` when ``q`` needs them
-        (see :func:`spine_idc.idc.indices.locate_index`, which may download them).
+        (see :func:`spine_idc.sources.idc.indices.locate_index`, which may download them).
     url_base:
         Replaces the download URL base of those tables.
 
