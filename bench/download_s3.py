@@ -1,4 +1,5 @@
-"""Download throughput of :func:`spine_idc.sources.idc.s3.fetch_s3_series` against a local S3 server.
+"""Download throughput of :func:`spine_idc.sources.idc.s3.fetch_s3_series` against a local S3
+server.
 
 Puts phantom series in IDC's bucket layout on moto's S3 server (a child process on loopback)
 and fetches each series three ways, printing MB/s and files/s with the ratio to the slowest:

@@ -1,4 +1,5 @@
-"""spine_idc.sources.scan and spine_idc.uids: series discovery in messy folders, UID syntax, and safe series keys."""
+"""spine_idc.sources.scan and spine_idc.uids: series discovery in messy folders, UID syntax, and
+safe series keys."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""spine_idc.sources: the registry is the one list of sources, and each source keeps the protocol."""
+"""spine_idc.sources: the registry is the one list of sources; each keeps the protocol."""
 
 import pytest
 

@@ -41,7 +41,8 @@ def get_source(name: str) -> Source:
     try:
         return SOURCES[name]
     except KeyError:
-        raise ConfigError(f"unknown source {name!r}", hint=f"use one of {', '.join(SOURCES)}") from None
+        raise ConfigError(f"unknown source {name!r}",
+                          hint=f"use one of {', '.join(SOURCES)}") from None
 
 
 def is_remote(name: str) -> bool:

@@ -64,14 +64,16 @@ class Source(Protocol):
         """Raise :class:`~spine_idc.errors.NetworkUnreachable` within seconds if the source is
         down; do nothing for a source that needs no network."""
 
-    def list_series(self, cfg: Config, file_lists: Path, input_dir: Path | None) -> list[ManifestRow]:
+    def list_series(self, cfg: Config, file_lists: Path,
+                    input_dir: Path | None) -> list[ManifestRow]:
         """The series the configuration selects, as manifest rows (not yet written).
 
         ``file_lists`` receives one file list per series of a local source; ``input_dir``
         overrides ``cfg.input_dir`` for the sources that scan a folder.
         """
 
-    def fetch(self, row: ManifestRow, dest: Path, remote: Remote, timeout_s: float) -> DownloadStats:
+    def fetch(self, row: ManifestRow, dest: Path, remote: Remote,
+              timeout_s: float) -> DownloadStats:
         """Copy one series into the empty folder ``dest`` within ``timeout_s`` seconds.
 
         Raises :class:`~spine_idc.errors.TransientError` for a fault worth retrying and

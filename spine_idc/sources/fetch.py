@@ -2,8 +2,9 @@
 
 Each remote source's :meth:`~.base.Source.fetch` (s5cmd from IDC's buckets, :mod:`.idc.s3`;
 WADO-RS, :mod:`.dicomweb.series`) copies what it holds into a temporary folder;
-:func:`~.verify.verify_series` then checks it against the manifest; only then is the folder renamed into place.  A partial series therefore never
-reaches conversion, and a killed download leaves nothing behind but a temporary folder.
+:func:`~.verify.verify_series` then checks it against the manifest; only then is the folder
+renamed into place.  A partial series therefore never reaches conversion, and a killed download
+leaves nothing behind but a temporary folder.
 
 Faults are of two kinds:
 

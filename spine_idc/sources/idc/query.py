@@ -4,7 +4,7 @@ A :class:`CohortQuery` is the config's ``query`` section, checked once when it i
 on either of two backends, which return the same records for the same IDC release:
 
 * :func:`run_duckdb` reads the series table bundled with idc-index-data (and, when a filter needs
-  them, the ``ct_index`` / ``seg_index`` tables, see :mod:`spine_idc.sources.idc.indices`) with DuckDB:
+  them, the ``ct_index`` / ``seg_index`` tables, see :mod:`.indices`) with DuckDB:
   offline, no account, well under a second.  The release is the bundled one (``v25`` for
   idc-index-data 25.x).
 * :func:`run_bigquery` aggregates ``dicom_all`` in IDC's public BigQuery dataset per series, with
