@@ -30,19 +30,16 @@ import pytest
 from spine_idc.config import load_schema
 from spine_idc.errors import ConfigError, NetworkUnreachable, SpineIdcError
 from spine_idc.sources.idc import indices
+from spine_idc.sources.idc.backends import run_bigquery, run_duckdb
 from spine_idc.sources.idc.query import (
     CT_IMAGE_STORAGE,
     RECORD_KEYS,
     ROW_COLUMNS,
     SECONDARY_CAPTURE,
     CohortQuery,
-    bigquery_sql,
-    bigquery_version_sql,
-    duckdb_sql,
     records_from_rows,
-    run_bigquery,
-    run_duckdb,
 )
+from spine_idc.sources.idc.sql import bigquery_sql, bigquery_version_sql, duckdb_sql
 
 SPINE_PARTS = ["LSPINE", "SPINE", "TSPINE"]
 SPINE_COLLECTIONS = {"spinal_multiple_myeloma_seg", "spine_mets_ct_seg", "cmb_mel", "cmb_mml", "eay131"}

@@ -1,6 +1,6 @@
 """The cohort filters of the ``query`` config section, applied in Python to search results.
 
-The IDC backends translate ``query`` into SQL (:mod:`.idc.query`); a DICOMweb server can
+The IDC backends translate ``query`` into SQL (:mod:`.idc.sql`); a DICOMweb server can
 only be searched by a few attributes, so its QIDO-RS results are filtered here with the same
 meaning: descriptions by case-insensitive regular expression, BodyPartExamined case-insensitively,
 instance count and size bounds, explicit includes and excludes, and the same seeded sample

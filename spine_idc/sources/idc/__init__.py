@@ -1,11 +1,12 @@
 """The ``idc`` source: series of the NCI Imaging Data Commons, selected from its index and
 copied from its public buckets.
 
-:mod:`.query` turns the config's ``query`` section into a cohort (one record per CT series, ready
-to become manifest rows) from idc-index's bundled series table with DuckDB, or from IDC's
-BigQuery tables; :mod:`.indices` finds the optional idc-index tables some filters need;
-:mod:`.s3` copies one series' prefix with s5cmd.  This module only wires them to the
-:class:`~spine_idc.sources.base.Source` protocol, importing each when it is used.
+:mod:`.query` is the config's ``query`` section and the records it yields (one per CT series,
+ready to become manifest rows), :mod:`.sql` its SQL, :mod:`.backends` runs it on idc-index's
+bundled series table with DuckDB or on IDC's BigQuery tables; :mod:`.indices` finds the
+optional idc-index tables some filters need; :mod:`.s3` copies one series' prefix with s5cmd.
+This module only wires them to the :class:`~spine_idc.sources.base.Source` protocol, importing
+each when it is used.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class IdcSource:
 
     def list_series(self, cfg, file_lists: Path, input_dir: Path | None) -> list:
         from ...manifest import rows_from_records
-        from .query import CohortQuery, run_bigquery, run_duckdb
+        from .backends import run_bigquery, run_duckdb
+        from .query import CohortQuery
 
         self.probe(Remote(cfg.download))
         query = CohortQuery.from_config({k: v for k, v in cfg.query.items() if k != "backend"})
