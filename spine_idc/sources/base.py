@@ -1,10 +1,11 @@
-"""What a source of series must provide (:class:`Source`), and the records every source shares.
+"""What a source of series must provide (:class:`Source`), and the record every source returns.
 
 A source answers four questions, and nothing else in the package asks which source it is:
 
 * is it remote (its series are fetched into ``work/download`` before conversion), and which
   folder, if any, does its manifest scan (an input of the workflow's ``manifest`` checkpoint);
-* can it be reached (:meth:`Source.probe`: seconds, before minutes of retries are spent);
+* can it be reached (:meth:`Source.probe`: seconds, before minutes of retries are spent, given
+  the run's :class:`~spine_idc.config.Remote` settings);
 * which series does the run's configuration select (:meth:`Source.list_series`: manifest rows);
 * how does one series get into a folder (:meth:`Source.fetch`).
 
@@ -19,18 +20,10 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from ..config import Remote
+
 if TYPE_CHECKING:
-    from ..config import Config, DownloadConfig
     from ..manifest import ManifestRow
-
-
-@dataclasses.dataclass(frozen=True)
-class Remote:
-    """How to reach the source of remote series: the run's download and DICOMweb settings."""
-
-    download: DownloadConfig
-    dicomweb_url: str = ""
-    dicomweb_auth: str = "env"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +57,9 @@ class Source(Protocol):
         """Raise :class:`~spine_idc.errors.NetworkUnreachable` within seconds if the source is
         down; do nothing for a source that needs no network."""
 
-    def list_series(self, cfg: Config, file_lists: Path,
-                    input_dir: Path | None) -> list[ManifestRow]:
-        """The series the configuration selects, as manifest rows (not yet written).
+    def list_series(self, cfg, file_lists: Path, input_dir: Path | None) -> list[ManifestRow]:
+        """The series the run's configuration (a :class:`spine_idc.config.Config`) selects, as
+        manifest rows (not yet written).
 
         ``file_lists`` receives one file list per series of a local source; ``input_dir``
         overrides ``cfg.input_dir`` for the sources that scan a folder.
