@@ -27,7 +27,7 @@ from pathlib import Path
 
 from dicomweb_client import DICOMwebClient
 
-from spine_idc.download.dicomweb import fetch_dicomweb_series, make_client
+from spine_idc.sources.dicomweb.series import fetch_dicomweb_series, make_client
 from spine_idc.phantom import write_phantom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

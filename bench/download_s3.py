@@ -1,4 +1,5 @@
-"""Download throughput of :func:`spine_idc.download.s3.fetch_s3_series` against a local S3 server.
+"""Download throughput of :func:`spine_idc.sources.idc.s3.fetch_s3_series` against a local S3
+server.
 
 Puts phantom series in IDC's bucket layout on moto's S3 server (a child process on loopback)
 and fetches each series three ways, printing MB/s and files/s with the ratio to the slowest:
@@ -31,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the local S3 server and proxy helpers
 from faultproxy import FaultProxy  # noqa: E402
 from s3_server import IDC_BUCKET, start_moto, upload_series  # noqa: E402
 
-from spine_idc.download.s3 import fetch_s3_series, find_s5cmd, s5cmd_environment  # noqa: E402
+from spine_idc.sources.idc.s3 import fetch_s3_series, find_s5cmd, s5cmd_environment  # noqa: E402
 from spine_idc.phantom import write_phantom  # noqa: E402
 
 

@@ -29,7 +29,7 @@ import requests
 
 from spine_idc.dicom import AlgorithmInfo, write_seg
 from spine_idc.dicom import write_sr
-from spine_idc.download.dicomweb import make_client
+from spine_idc.sources.dicomweb.series import make_client
 from spine_idc.measure import measure_vertebrae
 from spine_idc.publish import publish_series
 from spine_idc.volume import Volume

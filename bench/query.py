@@ -1,7 +1,7 @@
 """Time cohort queries on the bundled IDC index: spine-idc's DuckDB backend beside idc-index.
 
-Each query is run end to end through :func:`spine_idc.idc.query.run_duckdb` (SQL on the parquet
-file, then the mapping to records) and its median over ``--repeat`` runs is printed.  The
+Each query is run end to end through :func:`spine_idc.sources.idc.backends.run_duckdb` (SQL on the
+parquet file, then the mapping to records) and its median over ``--repeat`` runs is printed.  The
 spine-tagged query is also run through ``idc_index.IDCClient().sql_query`` on the same index,
 with the client's construction (which loads the whole table into pandas) timed on its own.
 Usage::
@@ -17,8 +17,9 @@ import resource
 import statistics
 import time
 
-from spine_idc.idc import indices
-from spine_idc.idc.query import DEFAULT_EXCLUDE_SOP_CLASSES, CohortQuery, run_duckdb
+from spine_idc.sources.idc import indices
+from spine_idc.sources.idc.backends import run_duckdb
+from spine_idc.sources.idc.query import DEFAULT_EXCLUDE_SOP_CLASSES, CohortQuery
 
 SPINE = {"body_parts": ["LSPINE", "SPINE", "TSPINE"]}
 

@@ -22,7 +22,7 @@ from spine_idc.manifest import ManifestRow, write_manifest
 from spine_idc.phantom import spec_for_seed, write_phantom
 from spine_idc.pipeline import stages
 from spine_idc.pipeline.segment_runner import SeriesJob
-from spine_idc.scan import scan_folder
+from spine_idc.sources.scan import scan_folder
 
 # TotalSegmentator README: "1 min 17 s" for a 512x512x280 CT at 1.5 mm with the GPU model on an
 # RTX 3090 (the `total` task, all 104+ classes); we set it beside ours as a reference point only.

@@ -349,6 +349,19 @@ class DicomwebConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Remote:
+    """How to reach the source of remote series: the run's download and DICOMweb settings.
+
+    What :meth:`spine_idc.sources.base.Source.fetch` and ``probe`` are given; here, beside the
+    sections it is made of, so that the sources depend on the configuration and not back.
+    """
+
+    download: DownloadConfig
+    dicomweb_url: str = ""
+    dicomweb_auth: str = "env"
+
+
+@dataclasses.dataclass(frozen=True)
 class IdcConfig:
     index: str
     indices_dir: str
@@ -408,10 +421,8 @@ class Config:
             raise ConfigError(f"configuration file {path} must hold a mapping of keys")
         return cls.from_dict(raw)
 
-    def remote(self):
-        """What the download stage needs to reach the source (:class:`spine_idc.download.Remote`)."""
-        from .download import Remote
-
+    def remote(self) -> Remote:
+        """What the download stage needs to reach the source."""
         return Remote(self.download, self.dicomweb_url, self.dicomweb.auth)
 
     def convert_options(self):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidSeriesError
-from .scan import is_valid_uid
+from .uids import is_valid_uid
 from .volume import LPS_TO_RAS, SeriesInfo, Volume, write_nifti
 
 logger = logging.getLogger(__name__)
@@ -410,7 +410,7 @@ def load_series(
         The series' DICOM files, in any order.
     series_key:
         The key errors and the :class:`SeriesInfo` are labelled with (normally the
-        SeriesInstanceUID, or the ``nouid-`` key of :func:`spine_idc.scan.scan_folder`).
+        SeriesInstanceUID, or the ``nouid-`` key of :func:`spine_idc.sources.scan.scan_folder`).
     options:
         Checks and repairs; defaults to :class:`ConvertOptions()`.
 

@@ -48,7 +48,7 @@ def path(kind: str, series: str | None = None, root: str | Path = ".") -> Path:
     if "{series}" in pattern:
         if series is None:
             raise ValueError(f"{kind} is per series: give a series key")
-        from .scan import safe_series_key
+        from .uids import safe_series_key
 
         pattern = pattern.format(series=safe_series_key(series))
     return Path(root) / pattern

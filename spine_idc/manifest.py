@@ -3,7 +3,9 @@
 Written once by the ``manifest`` checkpoint, validated row by row against
 ``schemas/manifest.schema.yaml``, and read by the workflow to fan out over series (never by
 globbing).  Each series' file list is stored beside it, one path per line, so a series whose
-files are scattered over several folders is still one unit of work.
+files are scattered over several folders is still one unit of work.  Which rows a source lists,
+and whether its series are downloaded, is the source's to say (:mod:`spine_idc.sources`); this
+module knows only the table and its schema.
 """
 
 from __future__ import annotations
@@ -38,20 +40,12 @@ class ManifestRow:
     location: str = ""
     index_version: str = ""
 
-    @property
-    def remote(self) -> bool:
-        """True when the series must be downloaded before it is converted."""
-        return self.source in REMOTE_SOURCES
-
     def files(self) -> list[Path]:
         """The series' files, as listed when the manifest was written (local sources only)."""
         if not self.file_list:
             raise ManifestError(f"series {self.series_key} ({self.source}) has no local file list")
         text = Path(self.file_list).read_text()
         return [Path(line) for line in text.splitlines() if line.strip()]
-
-
-REMOTE_SOURCES = ("idc", "dicomweb")
 
 
 FIELDS = [f.name for f in dataclasses.fields(ManifestRow)]
@@ -120,43 +114,6 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
                 raise ManifestError(f"manifest {path} row {i}: {name} is not a number") from e
         rows.append(ManifestRow(**rec))
     validate_rows(rows)
-    return rows
-
-
-def manifest_from_folder(root: str | Path, file_lists: str | Path, source: str) -> list[ManifestRow]:
-    """Scan ``root`` for DICOM series and write one file list per series into ``file_lists``."""
-    from .scan import scan_folder
-
-    root = Path(root)
-    if not root.is_dir():
-        raise ManifestError(
-            f"input folder {root} does not exist",
-            hint="set input_dir in config.yaml (or --config input_dir=...) to a folder of DICOM files",
-        )
-    rows = []
-    for found in scan_folder(root):
-        files = [Path(f) if Path(f).is_absolute() else root / f for f in found.files]
-        listing = Path(file_lists) / f"{found.key}.files"
-        write_text(listing, "".join(f"{f}\n" for f in files))
-        size = sum(f.stat().st_size for f in files if f.exists())
-        rows.append(
-            ManifestRow(
-                series_key=found.key,
-                series_instance_uid=found.series_instance_uid,
-                study_instance_uid=found.study_instance_uid,
-                patient_id=found.patient_id,
-                modality=found.modality,
-                series_description=found.series_description,
-                n_instances=found.n_files,
-                source=source,
-                file_list=str(listing),
-                size_mb=round(size / 1e6, 3),
-                location=str(root),
-            )
-        )
-    log.info("found %d series under %s", len(rows), root)
-    if not rows:
-        log.warning("no DICOM series found under %s", root)
     return rows
 
 

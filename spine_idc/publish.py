@@ -36,7 +36,7 @@ import pydicom
 
 from .dicomweb import Instance, Lost, Store, make_client, server_name
 from .errors import ConfigError, SeriesError, TransientError
-from .scan import is_valid_uid
+from .uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 

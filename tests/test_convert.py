@@ -402,7 +402,7 @@ def test_malformed_number_of_frames_is_reported(series):
 
 
 def test_malformed_rows_is_reported_and_scan_keeps_the_file(series):
-    from spine_idc.scan import scan_folder
+    from spine_idc.sources.scan import scan_folder
 
     data = bytearray(series[4].read_bytes())
     raw = pydicom.dcmread(series[4]).get_item("Rows")

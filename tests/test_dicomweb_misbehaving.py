@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 from dicom_faults import write_ct_series
 from dicomweb_stub import DicomwebStub, qido_record
 from spine_idc.config import Config
-from spine_idc.download import Remote, download_series
+from spine_idc.sources.fetch import Remote, download_series
 from spine_idc.errors import TransientError
 from spine_idc.manifest import ManifestRow, read_manifest
 from spine_idc.outcome import read_failure

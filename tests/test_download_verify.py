@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from dicom_faults import truncate, write_ct_series
-from spine_idc.download.verify import verify_series
+from spine_idc.sources.verify import verify_series
 from spine_idc.errors import SeriesError
 
 

@@ -29,20 +29,17 @@ import pytest
 
 from spine_idc.config import load_schema
 from spine_idc.errors import ConfigError, NetworkUnreachable, SpineIdcError
-from spine_idc.idc import indices
-from spine_idc.idc.query import (
+from spine_idc.sources.idc import indices
+from spine_idc.sources.idc.backends import run_bigquery, run_duckdb
+from spine_idc.sources.idc.query import (
     CT_IMAGE_STORAGE,
     RECORD_KEYS,
     ROW_COLUMNS,
     SECONDARY_CAPTURE,
     CohortQuery,
-    bigquery_sql,
-    bigquery_version_sql,
-    duckdb_sql,
     records_from_rows,
-    run_bigquery,
-    run_duckdb,
 )
+from spine_idc.sources.idc.sql import bigquery_sql, bigquery_version_sql, duckdb_sql
 
 SPINE_PARTS = ["LSPINE", "SPINE", "TSPINE"]
 SPINE_COLLECTIONS = {"spinal_multiple_myeloma_seg", "spine_mets_ct_seg", "cmb_mel", "cmb_mml", "eay131"}
@@ -255,7 +252,7 @@ def test_include_and_exclude_series(spine):
 
 def test_include_series_alone_and_whatever_the_filters(caplog):
     seg_uid = index_sql("SELECT min(SeriesInstanceUID) FROM idx WHERE Modality = 'SEG'")[0][0]
-    with caplog.at_level(logging.WARNING, logger="spine_idc.idc.query"):
+    with caplog.at_level(logging.WARNING, logger="spine_idc.sources.idc.query"):
         got = run(query(include_series=[seg_uid, ABSENT_UID], body_parts=[]))
     assert uids(got) == [seg_uid] and got.records[0]["modality"] == "SEG"
     assert ABSENT_UID in caplog.text
@@ -549,7 +546,7 @@ def test_records_from_bigquery_shaped_rows(caplog):
         Row(("1.2.3.10", None, None, "CT", "bone", 3, "c", "LSPINE", None, None, None, None), fields),
         Row(("1.2.03", "1.2.3", "P3", "CT", "x", 5, "c", "SPINE", "CC BY 4.0", 1.0, "b", "u"), fields),
     ]
-    with caplog.at_level(logging.WARNING, logger="spine_idc.idc.query"):
+    with caplog.at_level(logging.WARNING, logger="spine_idc.sources.idc.query"):
         records = records_from_rows([dict(row.items()) for row in rows], "v26")
     assert "1.2.03" in caplog.text
     assert [r["series_key"] for r in records] == ["1.2.3.10", "1.2.3.20"]

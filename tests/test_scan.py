@@ -1,4 +1,5 @@
-"""spine_idc.scan: series discovery in messy folders, UID syntax, and safe series keys."""
+"""spine_idc.sources.scan and spine_idc.uids: series discovery in messy folders, UID syntax, and
+safe series keys."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pydicom
 import pytest
 from dicom_faults import TS_DICOM, edit, write_ct_series
 
-from spine_idc.scan import FoundSeries, is_valid_uid, safe_series_key, scan_folder
+from spine_idc.sources.scan import FoundSeries, scan_folder
+from spine_idc.uids import is_valid_uid, safe_series_key
 
 
 def nouid_key(folder: str, series="", study="", frame="", rows=24, cols=20) -> str:
@@ -105,7 +107,7 @@ def test_fifo_socket_and_broken_link_are_skipped_not_opened(tmp_path):
     os.symlink(tmp_path / "nowhere", tmp_path / "ct" / "broken.dcm")
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from spine_idc.scan import scan_folder
+        from spine_idc.sources.scan import scan_folder
         found = scan_folder(Path({str(tmp_path)!r}), workers=1)
         print(len(found), len(found[0].files))
     """)

@@ -7,7 +7,7 @@ import pytest
 
 from spine_idc.config import validate_config
 from spine_idc.errors import ConfigError
-from spine_idc.selection import sample_key, select_records
+from spine_idc.sources.selection import sample_key, select_records
 
 
 def record(i: int, **changes) -> dict:

@@ -1,5 +1,5 @@
-"""One DICOMweb client, shared by the dicomweb source (:mod:`spine_idc.download.dicomweb`) and by
-publishing (:mod:`spine_idc.publish`).
+"""One DICOMweb client, shared by the dicomweb source (:mod:`spine_idc.sources.dicomweb.series`)
+and by publishing (:mod:`spine_idc.publish`).
 
 ========================  ===================================================================
 :mod:`.client`            the session: credentials from the environment, timeouts, retries,

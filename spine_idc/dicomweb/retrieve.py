@@ -19,7 +19,7 @@ import pydicom
 import requests
 
 from ..errors import SeriesError, TransientError, machine_fault
-from ..scan import is_valid_uid
+from ..uids import is_valid_uid
 from .client import AUTH_HINT, describe, is_transient, server_name, service_root, status_of
 from .limit import AttemptLimit
 from .multipart import BadMultipart, Truncated, read_parts

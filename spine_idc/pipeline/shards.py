@@ -35,6 +35,7 @@ from ..atomic import write_text
 from ..errors import NetworkUnreachable, TransientError
 from ..manifest import ManifestRow, read_manifest, write_manifest
 from ..outcome import Failure, read_failure
+from ..sources import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def read_shard_ids(folder: str | Path) -> list[str]:
 
 
 def stamp_path(stage: str, key: str) -> Path:
-    from ..scan import safe_series_key
+    from ..uids import safe_series_key
 
     return Path("work") / "stamps" / stage / safe_series_key(key)
 
@@ -92,7 +93,7 @@ def _write_stamp(stage: str, key: str, value: str) -> None:
 
 
 def _row_stamp(row: ManifestRow) -> str:
-    if row.remote:
+    if is_remote(row.source):
         return read_stamp("download", row.series_key)
     return stamp_for("source", dataclasses.asdict(row), "")
 
@@ -155,7 +156,7 @@ def convert(shard: Path, options, marker: Path) -> None:
         if _current("convert", key, want, out):
             outcomes[key] = _status(read_failure(out))
             continue
-        downloaded = layout.path("download", key) if row.remote else None
+        downloaded = layout.path("download", key) if is_remote(row.source) else None
         outcomes[key] = _status(stages.convert(row, options, out, downloaded=downloaded))
         _write_stamp("convert", key, want)
     _write_marker(marker, "convert", outcomes)

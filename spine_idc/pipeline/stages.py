@@ -61,11 +61,9 @@ def make_phantoms(seeds: list[int], size: str, out_dir: Path, levels=()) -> None
 
     ``levels`` (first, last) centres every phantom on that range instead of a drawn scenario.
     """
-    from ..phantom import write_phantom
+    from ..sources.phantom import write_phantoms
 
-    with atomic_dir(out_dir) as tmp:
-        for seed in seeds:
-            write_phantom(seed, tmp / f"seed-{seed:04d}", size=size, levels=tuple(levels) or None)
+    write_phantoms(seeds, size, out_dir, levels=levels)
 
 
 def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = None) -> list:
@@ -75,40 +73,11 @@ def make_manifest(cfg, out: Path, file_lists: Path, input_dir: Path | None = Non
     with a message, instead of after minutes of retries.  Returns the rows written, for the
     caller to cut into shards (:func:`.shards.write_shards`).
     """
-    from ..manifest import manifest_from_folder, rows_from_records, write_manifest
+    from ..manifest import write_manifest
+    from ..sources import get_source
 
     file_lists.mkdir(parents=True, exist_ok=True)
-    if cfg.source == "idc":
-        from ..download import Remote, probe_source
-        from ..idc.query import CohortQuery, run_bigquery, run_duckdb
-
-        probe_source("idc", Remote(cfg.download))
-        query = CohortQuery.from_config({k: v for k, v in cfg.query.items() if k != "backend"})
-        if cfg.query["backend"] == "bigquery":
-            result = run_bigquery(query, project=cfg.idc.bigquery_project or None,
-                                  dataset=cfg.idc.bigquery_dataset)
-        else:
-            result = run_duckdb(query, index_path=cfg.idc.index or None,
-                                indices_dir=cfg.idc.indices_dir or None)
-        rows = rows_from_records(result.records, "idc")
-        log.info("IDC %s: %d series selected", result.index_version, len(rows))
-    elif cfg.source == "dicomweb":
-        from ..download import Remote, probe_source
-        from ..download.dicomweb import make_client, search_series
-        from ..selection import select_records
-
-        if not cfg.dicomweb_url:
-            raise ConfigError("source is dicomweb but dicomweb_url is empty",
-                              hint="--config dicomweb_url=http://host:port/dicom-web")
-        remote = Remote(cfg.download, cfg.dicomweb_url, cfg.dicomweb.auth)
-        probe_source("dicomweb", remote)
-        client = make_client(cfg.dicomweb_url, auth=cfg.dicomweb.auth,
-                             retries=cfg.download.tool_retries)
-        found = search_series(client, modality=cfg.query["modality"])
-        rows = rows_from_records(select_records(found, cfg.query, source="dicomweb"), "dicomweb")
-        log.info("%s: %d of %d CT series selected", cfg.dicomweb_url, len(rows), len(found))
-    else:
-        rows = manifest_from_folder(input_dir or cfg.input_dir, file_lists, cfg.source)
+    rows = get_source(cfg.source).list_series(cfg, file_lists, input_dir)
     if not rows:
         log.warning("the manifest is empty: no series matched")
     write_manifest(rows, out)
@@ -121,7 +90,7 @@ def download(row, remote, out_dir: Path, attempt: int = 1) -> Failure | None:
     Network faults propagate (:class:`~spine_idc.errors.TransientError`,
     :class:`~spine_idc.errors.NetworkUnreachable`) for the caller to retry.
     """
-    from ..download import download_series
+    from ..sources.fetch import download_series
 
     try:
         return download_series(row, out_dir, remote, attempt=attempt)
@@ -140,8 +109,10 @@ def convert(row, options, out_dir: Path, downloaded: Path | None = None) -> Fail
     """
     from ..convert import load_series, write_converted
 
+    from ..sources import is_remote
+
     series_key = row.series_key
-    if row.remote:
+    if is_remote(row.source):
         if downloaded is None:
             raise SpineIdcError(f"series {series_key} comes from {row.source}: give its download folder")
         upstream = read_failure(downloaded)
@@ -149,7 +120,7 @@ def convert(row, options, out_dir: Path, downloaded: Path | None = None) -> Fail
             with atomic_dir(out_dir) as tmp:
                 write_failure(tmp, upstream)
             return upstream
-        from ..download import downloaded_files
+        from ..sources.fetch import downloaded_files
 
         files = downloaded_files(downloaded)
     else:

@@ -5,8 +5,10 @@ import shlex
 from snakemake.exceptions import WorkflowError
 
 from spine_idc.config import SegmentConfig
+from spine_idc.sources import get_source
 
-REMOTE = config["source"] in ("idc", "dicomweb")  # series are downloaded before conversion
+SOURCE = get_source(config["source"])  # where the series come from (spine_idc.sources)
+REMOTE = SOURCE.remote  # series are downloaded before conversion
 
 # Without a shared filesystem (a default storage provider, as in the gcp-batch and k8s
 # profiles) only declared files travel between jobs: each shard job then writes a pack of its
@@ -120,10 +122,9 @@ def pack_args(wildcards, input, output):
 
 def manifest_input(wildcards):
     """The folder the manifest scans (local and phantom sources); remote sources need none."""
-    if config["source"] == "phantom":
-        return {"folder": P["phantoms"]}
-    if config["source"] == "local" and not set("{}") & set(str(config["input_dir"])):
-        return {"folder": config["input_dir"]}
+    folder = SOURCE.input_folder(config)
+    if folder is not None and not set("{}") & set(folder):
+        return {"folder": folder}
     # Input paths are read as wildcard patterns: a folder whose name holds braces would stop
     # the run, so it reaches the job as a parameter only (folder_arg); the manifest step
     # reports a missing folder itself.
@@ -134,9 +135,8 @@ def folder_arg(wildcards, input):
     """The manifest's --input-dir: the generated phantoms, or the configured local folder."""
     if "folder" in input.keys():
         return f"--input-dir {shlex.quote(input.folder)}"
-    if config["source"] == "local":
-        return f"--input-dir {shlex.quote(str(config['input_dir']))}"
-    return ""
+    folder = SOURCE.input_folder(config)
+    return f"--input-dir {shlex.quote(folder)}" if folder is not None else ""
 
 
 def convert_input(wildcards):

@@ -4,7 +4,7 @@ Files are grouped by SeriesInstanceUID.  Files whose SeriesInstanceUID is blank 
 UID cannot be keyed by it, so they are grouped per folder (and, within a folder, per
 SeriesInstanceUID text, StudyInstanceUID, FrameOfReferenceUID and matrix size) under a
 deterministic key ``nouid-<12 hex>``.  Keys become folder names downstream, so every key passes
-:func:`safe_series_key`.
+:func:`spine_idc.uids.safe_series_key`.
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 import stat
 from collections import defaultdict
 from pathlib import Path
 
+from ..uids import is_valid_uid, safe_series_key
+
 logger = logging.getLogger(__name__)
 
-# One UID component: "0" or a number without a leading zero (PS3.5 section 9.1).
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_NOUID_RE = re.compile(r"^nouid-[0-9a-f]{12}$")
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 # Only these are parsed; the rest of each header is skipped, which is what makes scanning fast.
@@ -37,53 +35,6 @@ _TAGS = [
     "Rows",
     "Columns",
 ]
-
-
-def is_valid_uid(uid: str) -> bool:
-    """Whether ``uid`` has DICOM UID syntax.
-
-    At most 64 characters, digits and dots only, no empty component and no component with a
-    leading zero (``0`` itself is allowed).
-
-    Parameters
-    ----------
-    uid:
-        The text to check; surrounding whitespace is not stripped (a padded UID read with
-        pydicom is already stripped, so padding here means the value is malformed).
-
-    Returns
-    -------
-    bool
-    """
-    return isinstance(uid, str) and 0 < len(uid) <= 64 and _UID_RE.fullmatch(uid) is not None
-
-
-def safe_series_key(text: str) -> str:
-    """Validate a series key before it becomes a path component.
-
-    Series keys come from the data (a SeriesInstanceUID), so a crafted file could otherwise
-    name a folder ``../../etc``.  Only a valid UID or ``nouid-<12 lowercase hex>`` passes.
-
-    Parameters
-    ----------
-    text:
-        The candidate key.
-
-    Returns
-    -------
-    str
-        ``text`` unchanged.
-
-    Raises
-    ------
-    ValueError
-        If ``text`` is neither a valid UID nor a ``nouid-`` key.
-    """
-    if isinstance(text, str) and (is_valid_uid(text) or _NOUID_RE.fullmatch(text)):
-        return text
-    raise ValueError(
-        f"unsafe series key {text!r}: expected a DICOM UID or 'nouid-' and 12 hex digits"
-    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..errors import MachineFault, SeriesError, SpineIdcError, TransientError
+from ...errors import MachineFault, SeriesError, SpineIdcError, TransientError
+from ..base import DownloadStats
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +63,6 @@ _LOCATION = re.compile(
 )
 # The AWS settings s5cmd may inherit that are neither credentials nor configuration.
 _AWS_KEEP = {"AWS_CA_BUNDLE"}
-
-
-@dataclasses.dataclass(frozen=True)
-class DownloadStats:
-    """What one successful copy brought: regular files in the folder, their bytes, wall time."""
-
-    files: int
-    bytes: int
-    seconds: float
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else float("inf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +244,7 @@ def fetch_s3_series(location: str, dest: Path, *, series_key: str,
     -------
     DownloadStats
         Counted from what is in ``dest`` afterwards.  The contents are not verified here
-        (:func:`spine_idc.download.verify.verify_series` does that).
+        (:func:`spine_idc.sources.verify.verify_series` does that).
 
     Raises
     ------

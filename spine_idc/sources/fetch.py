@@ -1,9 +1,10 @@
 """Fetch one series of the manifest into a folder that exists only when the series is whole.
 
-The tools (:mod:`.s3` for IDC's buckets through s5cmd, :mod:`.dicomweb` for WADO-RS) copy what
-the source holds into a temporary folder; :func:`~.verify.verify_series` then checks it against
-the manifest; only then is the folder renamed into place.  A partial series therefore never
-reaches conversion, and a killed download leaves nothing behind but a temporary folder.
+Each remote source's :meth:`~.base.Source.fetch` (s5cmd from IDC's buckets, :mod:`.idc.s3`;
+WADO-RS, :mod:`.dicomweb.series`) copies what it holds into a temporary folder;
+:func:`~.verify.verify_series` then checks it against the manifest; only then is the folder
+renamed into place.  A partial series therefore never reaches conversion, and a killed download
+leaves nothing behind but a temporary folder.
 
 Faults are of two kinds:
 
@@ -30,6 +31,8 @@ from pathlib import Path
 from ..atomic import atomic_dir, write_text
 from ..errors import SeriesError, SpineIdcError, TransientError, raise_if_machine_fault
 from ..outcome import Failure, write_failure
+from . import get_source
+from .base import Remote
 from .verify import verify_series
 
 log = logging.getLogger(__name__)
@@ -38,56 +41,14 @@ DICOM_DIR = "dicom"
 INFO = "download.json"
 
 
-@dataclasses.dataclass(frozen=True)
-class Remote:
-    """How to reach the source of remote series: the run's download and DICOMweb settings."""
-
-    download: object  # spine_idc.config.DownloadConfig
-    dicomweb_url: str = ""
-    dicomweb_auth: str = "env"
-
-
 def _fetch(row, dest: Path, remote: Remote, deadline: float):
     """Copy the series into ``dest`` by ``deadline`` (``time.monotonic()``), or raise
     :class:`TransientError` saying it timed out."""
-    opts = remote.download
     left = deadline - time.monotonic()
     if left <= 0:
-        raise TransientError(f"series {row.series_key}: download timed out after {opts.timeout_s:g} s "
-                             "(download.timeout_s)")
-    if row.source == "idc":
-        from .s3 import fetch_s3_series
-
-        return fetch_s3_series(row.location, dest, series_key=row.series_key,
-                               endpoint_url=opts.endpoint_url, retries=opts.tool_retries,
-                               timeout_s=left, stall_s=opts.stall_s)
-    if row.source == "dicomweb":
-        from .dicomweb import AttemptLimit, fetch_dicomweb_series, make_client
-
-        with AttemptLimit(left) as limit:
-            limit.timeout_s = opts.timeout_s  # as the attempt's messages should say it
-            client = make_client(remote.dicomweb_url, auth=remote.dicomweb_auth,
-                                 timeout_s=min(120.0, opts.timeout_s), retries=opts.tool_retries,
-                                 limit=limit)
-            return fetch_dicomweb_series(client, row.study_instance_uid, row.series_instance_uid,
-                                         dest, series_key=row.series_key, limit=limit)
-    raise ValueError(f"series {row.series_key}: source {row.source!r} is not downloaded")
-
-
-def probe_source(source: str, remote: Remote) -> None:
-    """Raise :class:`~spine_idc.errors.NetworkUnreachable` within seconds if the source is down.
-
-    Not being able to reach the source at all says nothing about a series, so it is never
-    recorded as the series' failure: the job fails and a later run tries again.
-    """
-    from .net import probe
-
-    if source == "idc":
-        probe(remote.download.endpoint_url, timeout_s=remote.download.probe_timeout_s,
-              what="IDC's storage endpoint (download.endpoint_url)")
-    elif source == "dicomweb":
-        probe(remote.dicomweb_url, timeout_s=remote.download.probe_timeout_s,
-              what="the DICOMweb server (dicomweb_url)")
+        raise TransientError(f"series {row.series_key}: download timed out after "
+                             f"{remote.download.timeout_s:g} s (download.timeout_s)")
+    return get_source(row.source).fetch(row, dest, remote, left)
 
 
 def backoff_s(attempt: int, base_s: float) -> float:
@@ -103,7 +64,9 @@ def download_series(row, out_dir: Path, remote: Remote, *, attempt: int = 1) -> 
     """
     opts = remote.download
     last_attempt = attempt > opts.retries
-    probe_source(row.source, remote)  # unreachable: raise at once, record nothing, no waiting
+    # Unreachable: raise at once, record nothing, no waiting.  Not being able to reach the
+    # source at all says nothing about a series, so it is never the series' failure.
+    get_source(row.source).probe(remote)
     wait = backoff_s(attempt, opts.backoff_s)
     if wait:
         log.info("series %s: attempt %d, waiting %.0f s first", row.series_key, attempt, wait)

@@ -1,7 +1,7 @@
 """The cohort filters of the ``query`` config section, applied in Python to search results.
 
-The IDC backends translate ``query`` into SQL (:mod:`spine_idc.idc.query`); a DICOMweb server
-can only be searched by a few attributes, so its QIDO-RS results are filtered here with the same
+The IDC backends translate ``query`` into SQL (:mod:`.idc.sql`); a DICOMweb server can
+only be searched by a few attributes, so its QIDO-RS results are filtered here with the same
 meaning: descriptions by case-insensitive regular expression, BodyPartExamined case-insensitively,
 instance count and size bounds, explicit includes and excludes, and the same seeded sample
 (the first ``max_series`` by ``md5("<seed>:<SeriesInstanceUID>")``), so one ``query`` section
@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # Keys that only the IDC index can answer.
 IDC_ONLY = ("collections", "analysis_results", "licenses", "min_slice_thickness_mm",

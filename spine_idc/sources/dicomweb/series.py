@@ -14,9 +14,9 @@ from pathlib import Path
 
 import dicomweb_client
 
-from ..dicomweb import AttemptLimit, retrieve_series, server_name
-from ..dicomweb import make_client  # noqa: F401 - the stages take it from here
-from ..dicomweb.search import (
+from ...dicomweb import AttemptLimit, retrieve_series, server_name
+from ...dicomweb import make_client  # noqa: F401 - the source takes it from here
+from ...dicomweb.search import (
     BODY_PART,
     MODALITY,
     N_SERIES_INSTANCES,
@@ -32,8 +32,8 @@ from ..dicomweb.search import (
     shown,
     text,
 )
-from ..scan import is_valid_uid
-from .s3 import DownloadStats  # one record of what a download moved, whichever the source
+from ...uids import is_valid_uid
+from ..base import DownloadStats
 
 log = logging.getLogger(__name__)
 

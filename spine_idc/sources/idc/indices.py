@@ -31,8 +31,8 @@ import idc_index_data
 import platformdirs
 import requests
 
-from ..atomic import atomic_path
-from ..errors import NetworkUnreachable, SpineIdcError
+from ...atomic import atomic_path
+from ...errors import NetworkUnreachable, SpineIdcError
 
 log = logging.getLogger(__name__)
 
