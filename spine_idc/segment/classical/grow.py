@@ -54,6 +54,8 @@ END_REACH_MM = (12.0, 30.0)
 BODY_SCALE = 1.0
 BODY_MARGIN_MM = 2.0
 SACRAL_LATERAL_LIMIT_MM = 56.0
+#: How far (mm) inside the surface the bone whose half-maximum places the edge is looked for.
+SKIRT_REACH_MM = 2.0
 
 
 def grow_vertebrae(work: "Work") -> None:
@@ -205,6 +207,41 @@ def grow_vertebrae(work: "Work") -> None:
     bodies[tuple(c[keep] for c in coords)] = lab_c[keep]
     work.body_labels = np.zeros(work.hu.shape, np.int16)
     work.body_labels[box] = bodies
+
+
+def trim_skirt(work: "Work") -> None:
+    """Trim the blurred skirt off ``work.labels`` (and ``work.body_labels``), in place.
+
+    Done once the vertebrae are named: the ribs are found against the untrimmed outline.
+    """
+    box = _bbox(work.labels > 0, margin=3)
+    sub = work.labels[box]
+    _trim_skirt(sub, work.hu[box], work.spacing)
+    work.body_labels[box][sub == 0] = 0
+
+
+def _trim_skirt(labels: np.ndarray, hu: np.ndarray, spacing: float) -> None:
+    """Clear, in place, the outermost layer of the vertebrae where it is darker than halfway
+    between soft tissue and the brightest of their bone within :data:`SKIRT_REACH_MM`.
+
+    The scanner's blur spreads every bone edge over a voxel or two; the edge itself is where
+    the intensity is halfway from the tissue outside to the bone inside (the half-maximum
+    edge).  The bone masks are thresholded at the scan's faint-bone level, so around dense
+    cortex they take the blurred skirt too: a rim a voxel thick all round every vertebra,
+    which is a tenth to a third of a thin thoracic or cervical vertebra's volume.  Only the
+    outside of the spine is trimmed (faces between two vertebrae are not an outside), and only
+    one layer, in 3-D: faint bone, whose halfway level is low, keeps its edge.
+    """
+    from .column import SOFT_HU
+
+    inside = labels > 0
+    if not inside.any():
+        return
+    smooth = ndimage.gaussian_filter(hu.astype(np.float32), 0.5)
+    size = 2 * max(1, int(round(SKIRT_REACH_MM / spacing))) + 1
+    peak = ndimage.maximum_filter(np.where(inside, smooth, -1000.0), size=size)
+    outer = inside & ~ndimage.binary_erosion(inside, border_value=1)
+    labels[outer & (smooth < SOFT_HU + 0.5 * (peak - SOFT_HU))] = 0
 
 
 def _fill_marrow(body_lab: np.ndarray, allowed: np.ndarray) -> None:

@@ -31,6 +31,7 @@ from ..base import (
     SegmentationResult,
     VertebraQC,
 )
+from .grow import trim_skirt
 from .naming import name_vertebrae
 from .ribs import find_ribs
 
@@ -82,6 +83,7 @@ def finish(
         [(b.stop - b.start + 1) * work.spacing for b in work.bodies],
     )
     values, anchors, warnings = naming.values, naming.anchors, list(naming.warnings)
+    trim_skirt(work)
     work.conflict = naming.conflict
     lut = np.zeros(n + 2, np.int32)
     lut[1: n + 1] = values
@@ -97,6 +99,7 @@ def finish(
     dtype = np.uint8 if max(values + disc_values) <= 255 else np.uint16
     lab_native = grid.labels_to_source_grid(combined, work.affine, ct, dtype=dtype)
     body_native = grid.labels_to_source_grid(lut[work.body_labels], work.affine, ct, dtype=dtype)
+    trim_native(lab_native, body_native, ct, [v for v in values if v])
     touching = _touching_border(lab_native)
     vox_ml = ct.voxel_volume_mm3 / 1000.0
     counts = np.bincount(lab_native.ravel(), minlength=max(values) + 1)
@@ -236,6 +239,37 @@ def _structures(disc_values, disc_between, counts, vox_ml, touching):
             flags=[FLAG_FOV_BORDER] if canal in touching else [], confidence=1.0,
         ))
     return out
+
+
+def trim_native(labels: np.ndarray, bodies: np.ndarray, ct: Volume, vertebrae: list[int]
+                ) -> None:
+    """Trim, in place, the blurred skirt of the vertebrae on the CT's own grid, in its planes.
+
+    One layer of each plane's outline, where the CT is darker than halfway between soft
+    tissue and the brightest of the vertebra's bone within :data:`SKIRT_REACH_MM` (the
+    half-maximum edge).  The working grid's trim (:func:`.grow.trim_skirt`) sees the scan
+    through trilinear resampling, which blurs the edge once more; on the CT's own pixels the
+    edge is sharper.  Only in-plane: across slices a thick slice's profile is real bone.
+    Faces between two labels (vertebra, disc, canal) are not an outside.
+    """
+    from .bone import plane_structure
+    from .column import SOFT_HU
+    from .grow import SKIRT_REACH_MM
+
+    vert = np.isin(labels, vertebrae)
+    if not vert.any():
+        return
+    box = tuple(slice(max(0, int(ix.min()) - 3), int(ix.max()) + 4) for ix in np.nonzero(vert))
+    sub, v = labels[box], vert[box]
+    hu = ct.array[box].astype(np.float32)
+    px = ct.spacing[:2]
+    smooth = ndimage.gaussian_filter(hu, (0.5, 0.5, 0.0))
+    size = tuple(2 * max(1, int(round(SKIRT_REACH_MM / p))) + 1 for p in px) + (1,)
+    peak = ndimage.maximum_filter(np.where(v, smooth, -1000.0), size=size)
+    outer = v & ~ndimage.binary_erosion(sub > 0, structure=plane_structure(2), border_value=1)
+    cut = outer & (smooth < SOFT_HU + 0.5 * (peak - SOFT_HU))
+    sub[cut] = 0
+    bodies[box][cut] = 0
 
 
 def _touching_border(labels: np.ndarray) -> set[int]:
