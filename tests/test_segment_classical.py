@@ -33,10 +33,10 @@ from spine_idc.volume import LPS_TO_RAS, Volume
 
 from spine_scores import score
 
-#: Mean per-level Dice over the levels in view, on the easy phantoms.  The masks sit about one
-#: voxel outside the phantom's painted edge (our bone edge is where the blurred cortex meets
-#: the scan's own bone threshold), which costs 0.03-0.08 on small cervical bodies.
-MIN_MEAN_DICE = 0.83
+#: Mean per-level Dice over the levels in view, on the easy phantoms: 0.898-0.973 since the
+#: masks are trimmed to the half-maximum edge (0.845-0.952 before, when they took the blurred
+#: skirt of the cortex too); the smallest, cervical bodies (seed 28) lose most at the edge.
+MIN_MEAN_DICE = 0.88
 
 #: seed -> what it covers (spec_for_seed(seed, size="test"); see the table in the module doc).
 ANCHORED_SEEDS = {
@@ -200,10 +200,12 @@ def test_registry():
 # --- hard phantoms ------------------------------------------------------------------------
 
 #: What each hard scenario must still get right, per seed: at least this fraction of its
-#: visible levels found as segments of their own, and this union Dice.  Names: right or
-#: withheld, never wrong, everywhere.
-HARD_MIN_FOUND = 0.7
-HARD_MIN_UNION_DICE = 0.8
+#: visible levels found as segments of their own, this union Dice and this mean per-level
+#: Dice (seeds 1-3 give 0.85-0.95, mean 0.90 with the anchored phantoms; ``bench/
+#: calibration.py`` prints them).  Names: right or withheld, never wrong, everywhere.
+HARD_MIN_FOUND = 0.85
+HARD_MIN_UNION_DICE = 0.82
+HARD_MIN_MEAN_DICE = 0.84
 HARD_SEEDS = (1, 2)
 
 
@@ -219,6 +221,7 @@ def test_hard_phantom_names_right_or_withheld(scenario, seed, backend):
     assert not s.wrong, f"{scenario} seed {seed}: wrong names {s.wrong}"
     assert len(s.found) >= HARD_MIN_FOUND * len(s.visible), s.line()
     assert s.union_dice >= HARD_MIN_UNION_DICE, s.line()
+    assert s.mean_dice >= HARD_MIN_MEAN_DICE, s.line()
     # A name withheld is flagged and says why; a name given is sure enough to pass QC.
     for v in result.qc.vertebrae:
         if v.name.startswith("vertebra"):
@@ -362,6 +365,21 @@ def test_transitional_count_with_a_split_body_is_not_named(case):
     # and without lengths the count cannot be checked: withheld too
     naming = name_vertebrae(ribs, _verified_sacrum(), True, [True] * n, [None] * n)
     assert not naming.identified
+
+
+def test_pedicle_screws_neither_split_a_body_nor_pass_for_ribs(backend):
+    """Pedicle screws in one lumbar level (``metal`` seed 2).  Their tips in the body once
+    raised the disc profile's mean by 400 HU over a few planes, so the spine's rhythm was read
+    at half a level, a false disc split L2 and the L2/L3 disc was put on an endplate; their
+    streaks, slender and bright, then passed for ribs on L2.  Metal is left out of the
+    profile, and ribs are not judged beside it: every level is found and named."""
+    phantom = make_phantom(hard_spec("metal", 2))
+    result = backend.segment(phantom.ct, series_key="metal-2")
+    names = {v.label: v.name for v in result.qc.vertebrae}
+    s = score(phantom.labels.array, result.labels.array, names)
+    assert s.found == s.visible, s.line()
+    assert s.right == s.visible, s.line()
+    assert not s.spanning, s.line()
 
 
 def test_end_of_rib_cage_cut_by_the_view():

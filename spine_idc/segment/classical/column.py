@@ -53,6 +53,9 @@ SIDE_OFFSETS = ((0.45, 0.947), (0.7, 0.857))
 #: most this fraction (a faint side that stops early must not halve a body).
 SIDE_SLACK_MM = 3.0
 MAX_SIDE_CUT = 0.45
+#: Nothing in a vertebral body's core is this bright but metal (sclerotic endplates reach about
+#: 1000 HU); such voxels are left out of the disc profile.
+METAL_MIN_HU = 1500.0
 #: Inner part of the outline whose mean HU makes the disc profile.
 CORE_FRACTION = 0.7
 #: Across the body, a dip below the threshold shorter than this (mm) with bone beyond it is
@@ -261,5 +264,9 @@ def _core_profile(planes, uu, vv, cu, cv, hw, hd) -> np.ndarray:
         vals = planes[s][r < CORE_FRACTION]
         vals = vals[np.isfinite(vals)]
         if vals.size >= 0.5 * max(1, (r < CORE_FRACTION).sum()):
+            # Metal (a pedicle screw's tip in the body) is no part of the body's HU.
+            bone = vals[vals < METAL_MIN_HU]
+            if bone.size >= 0.5 * vals.size:
+                vals = bone
             out[s] = float(np.clip(vals, -200.0, 1200.0).mean())
     return out

@@ -33,12 +33,15 @@ import numpy as np
 from scipy import ndimage
 
 from .axis import sample_planes
+from .column import METAL_MIN_HU
 
 if TYPE_CHECKING:  # pragma: no cover
     from .work import Work
 
 log = logging.getLogger(__name__)
 
+#: Metal within this distance (mm) of the midline is metal in the spine (see find_ribs).
+METAL_REACH_MM = 30.0
 #: How close (mm) a bone must come to the vertebra to articulate with it.
 CONTACT_MM = 6.5
 #: The loose test for "no rib here": touching within this distance (mm), in zones widened by
@@ -113,6 +116,8 @@ def find_ribs(work: "Work") -> list[RibSides]:
     sp = work.spacing
     out = []
     other = work.other.astype(np.float32)
+    metal = work.hu > METAL_MIN_HU
+    metal = metal.astype(np.float32) if metal.any() else None
     inside = work.inside.astype(np.float32)
     n_planes = len(work.line)
     half_u = HALF_WIDTH_MM / sp
@@ -128,6 +133,17 @@ def find_ribs(work: "Work") -> list[RibSides]:
         s1 = min(n_planes - 1, int(b.stop + ABOVE_MM / sp))
         idx = np.arange(s0, s1 + 1, max(1, int(round(res))))
         kw = dict(res=res, order=0, idx=idx)
+        if metal is not None:
+            # Streaks from metal in the spine (pedicle screws, a rod) run out as slender and
+            # bright as ribs, and the screws' heads stick out behind the transverse
+            # processes: beside metal, ribs are not judged.  (Only metal within
+            # METAL_REACH_MM of the midline: dense contrast in a renal pelvis is not metal
+            # in the spine.)
+            slab_metal = sample_planes(metal, work.line, half_u, (v_lo, v_hi), **kw) > 0.5
+            near = np.abs(np.arange(slab_metal.shape[1]) * res - half_u) * sp <= METAL_REACH_MM
+            if slab_metal[:, near].any():
+                out.append(RibSides(RibState.UNKNOWN, RibState.UNKNOWN))
+                continue
         slab_other = sample_planes(other, work.line, half_u, (v_lo, v_hi), **kw) > 0.5
         slab_labels = sample_planes(labels, work.line, half_u, (v_lo, v_hi), **kw)
         slab_self = slab_labels == k + 1
