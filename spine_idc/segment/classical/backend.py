@@ -62,6 +62,8 @@ JOINT_HU = 250.0
 MAX_MARROW_HU = 600.0
 #: The shortest canal (mm along the body axis) that counts as a spine.
 MIN_CANAL_MM = 20.0
+#: How far (mm) below the canal's lowest point the working grid reaches.
+BELOW_CANAL_MM = 120.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +156,12 @@ class ClassicalBackend:
             )
         # The fine grid covers the spine only: wide enough for transverse processes, rib
         # necks and the sacrum's alae, deep enough for the bodies in front and spinous
-        # processes behind, and 60 mm beyond the canal's ends (a sacrum or a top vertebra
-        # whose canal was not followed).
+        # processes behind, and beyond the canal's ends: 60 mm above (a top vertebra whose
+        # canal was not followed), BELOW_CANAL_MM below (the canal is rarely followed past
+        # S1, and the sacrum and coccyx reach a good 10 cm further down).
         t = time.perf_counter()
         pts_lps = (coarse_aff @ np.c_[coarse_track.points(), np.ones(len(coarse_track))].T).T[:, :3]
-        box_lo = np.maximum(pts_lps.min(axis=0) - np.array([85.0, 100.0, 60.0]), lo)
+        box_lo = np.maximum(pts_lps.min(axis=0) - np.array([85.0, 100.0, BELOW_CANAL_MM]), lo)
         box_hi = np.minimum(pts_lps.max(axis=0) + np.array([85.0, 85.0, 60.0]), hi)
         hu, aff = grid.to_working_grid(ct, sp, box_lo, box_hi)
         inv = np.linalg.inv(aff)
