@@ -121,6 +121,19 @@ def test_fifo_socket_and_broken_link_are_skipped_not_opened(tmp_path):
     assert "pipe.dcm: not a regular file" in out.stderr
 
 
+def test_a_linked_folder_is_not_entered_but_named(tmp_path, caplog):
+    """A symbolic link to a folder of DICOM files is not followed (a link could loop or leave
+    the input), and the scan says so instead of silently finding nothing there."""
+    write_ct_series(tmp_path / "elsewhere" / "ct", n_slices=3)
+    (tmp_path / "input").mkdir()
+    os.symlink(tmp_path / "elsewhere" / "ct", tmp_path / "input" / "ct")
+    with caplog.at_level("WARNING", logger="spine_idc.sources.scan"):
+        found = scan_folder(tmp_path / "input", workers=1)
+    assert found == []
+    assert any("symbolic link to a folder" in r.getMessage()
+               and str(tmp_path / "input" / "ct") in r.getMessage() for r in caplog.records)
+
+
 def test_scan_rejects_a_file_as_root(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(NotADirectoryError):

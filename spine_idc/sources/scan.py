@@ -147,6 +147,13 @@ def _walk(root: Path):
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames.sort()  # walk order must not depend on the file system
+        for name in dirnames:
+            link = os.path.join(dirpath, name)
+            if os.path.islink(link):  # listed by os.walk, never entered: say so
+                logger.warning(
+                    "not following %s: a symbolic link to a folder (links to folders are not "
+                    "followed, so that a link cannot loop or reach outside the input); give "
+                    "the folder it points to as input_dir, or copy it in", link)
         rel = Path(dirpath).relative_to(root).as_posix()
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
