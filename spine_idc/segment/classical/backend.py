@@ -110,8 +110,31 @@ class ClassicalBackend:
         from .levels import finish
 
         t0 = time.perf_counter()
-        work = self.prepare(ct, series_key)
-        self.split(work, series_key)
+        work = None
+        try:
+            work = self.prepare(ct, series_key)
+            self.split(work, series_key)
+        except SegmentationError as first:
+            canal = getattr(first, "canal", None)
+            if canal is None and work is not None:
+                canal = work.coarse_track
+            if first.reason != "no-spine" or canal is None:
+                raise
+            # The canal found had no spine in front of it (a pocket of fat between muscles
+            # can look more like a canal than the canal of a faint, osteoporotic spine):
+            # look once more, away from it, for fainter walls.
+            log.info("series %s: %s; looking again for a canal with fainter walls",
+                     series_key, first.detail)
+            try:
+                work = self.prepare(ct, series_key, avoid=canal)
+                self.split(work, series_key)
+            except SegmentationError as second:
+                if second.reason != "no-spine":
+                    raise
+                raise first from None
+            work.notes.append(f"the first canal found had no spine in front of it "
+                              f"({first.detail}); this one was found looking again for "
+                              "fainter walls")
         result = finish(work, ct, series_key, self)
         result.qc.timing_s["total"] = round(time.perf_counter() - t0, 3)
         log.info(
@@ -121,8 +144,13 @@ class ClassicalBackend:
         return result
 
     # -- steps ----------------------------------------------------------------------------
-    def prepare(self, ct: Volume, series_key: str) -> Work:
-        """Working grid, canal, spine crop."""
+    def prepare(self, ct: Volume, series_key: str, avoid: CanalTrack | None = None) -> Work:
+        """Working grid, canal, spine crop.
+
+        ``avoid``: a canal found on an earlier try that had no spine in front of it (see
+        :func:`.canal.find_canal`).  A failure to find a canal carries the canal that was
+        found, too short, as ``canal``.
+        """
         sp = self.spacing
         timing: dict[str, float] = {}
         t = time.perf_counter()
@@ -142,18 +170,20 @@ class ClassicalBackend:
         timing["resample"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        coarse_track = find_canal(coarse, CANAL_GRID_MM, coarse_inside)
+        coarse_track = find_canal(coarse, CANAL_GRID_MM, coarse_inside, avoid=avoid)
         timing["canal"] = time.perf_counter() - t
         extent = (
             (coarse_track.k[-1] - coarse_track.k[0]) * CANAL_GRID_MM if len(coarse_track) else 0.0
         )
         if extent < MIN_CANAL_MM:
-            raise SegmentationError(
+            err = SegmentationError(
                 series_key, "no-spine",
                 f"no spinal canal found over at least {MIN_CANAL_MM:.0f} mm (a dark canal with "
                 "a vertebral body in front and bone beside or behind it)",
                 hint="the series may not show the spine (head, extremity) or be too thin-sliced",
             )
+            err.canal = coarse_track
+            raise err
         # The fine grid covers the spine only: wide enough for transverse processes, rib
         # necks and the sacrum's alae, deep enough for the bodies in front and spinous
         # processes behind, and beyond the canal's ends: 60 mm above (a top vertebra whose
@@ -167,7 +197,8 @@ class ClassicalBackend:
         inv = np.linalg.inv(aff)
         fine = (inv @ np.c_[pts_lps, np.ones(len(pts_lps))].T).T[:, :3]
         track = CanalTrack(k=fine[:, 2], x=fine[:, 0], y=fine[:, 1], score=coarse_track.score)
-        work = Work(hu=hu, affine=aff, spacing=sp, track=track, timing=timing)
+        work = Work(hu=hu, affine=aff, spacing=sp, track=track, timing=timing,
+                    coarse_track=coarse_track)
         work.inside = grid.inside_source_mask(arr.shape, src_lps, hu.shape, aff)
         timing["resample"] += time.perf_counter() - t
 

@@ -18,6 +18,12 @@ view that cuts the laminae), so now nothing needs to be closed:
    degrees to the body axis where it is followed), with free start and end.
 3. The chain is cut where its score stays low over a stretch (below the sacrum, above the
    skull base, where a path wandered into the pelvis) and the best stretch kept.
+4. If the column in front of that canal holds no vertebral bodies, the backend looks once
+   more (:func:`find_canal` with ``avoid``): away from the first canal, and with walls that
+   need only be fainter (:data:`FAINT_WALL_HU`).  On 3 mm slices through an osteoporotic
+   spine the walls are barely brighter than muscle, and a pocket of fat between muscles
+   passes for a canal more easily than the canal itself.  The fainter walls are not used
+   from the start: on ordinary scans they let such pockets compete everywhere.
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ CANAL_RADII_MM = (5.0, 7.0, 9.0)
 #: Wall evidence: how much brighter than the canal (HU) a wall must be to count at all, and
 #: the excess at which it counts fully.
 WALL_MIN_HU, WALL_FULL_HU = 80.0, 150.0
+#: The same for a second look, when the first canal found had no vertebral bodies in front
+#: of it: osteoporotic bone on thick slices (trabecular 60-110 HU, a cortex blurred to
+#: 100-150 HU) is barely brighter than muscle, and a pocket of fat between muscles then
+#: passes for a canal more easily than the canal itself.
+FAINT_WALL_HU = (40.0, 100.0)
+#: On the second look, nothing within this distance (mm, in-plane) of the first canal found.
+AVOID_MM = 15.0
 #: Beyond this distance (mm) from the trunk's lateral centre the likelihood is lowered.
 MIDLINE_FREE_MM = 50.0
 #: Score a position needs, per slice, to be worth extending the chain (Viterbi's bias).
@@ -85,7 +98,8 @@ def _shifted(a: np.ndarray, dx: int, dy: int, fill: float) -> np.ndarray:
     return out
 
 
-def canal_likelihood(hu: np.ndarray, spacing: float, inside: np.ndarray | None = None) -> np.ndarray:
+def canal_likelihood(hu: np.ndarray, spacing: float, inside: np.ndarray | None = None,
+                     wall_hu: tuple[float, float] = (WALL_MIN_HU, WALL_FULL_HU)) -> np.ndarray:
     """Per voxel, how much the voxel looks like the centre of a spinal canal (about -1..2.3).
 
     Parameters
@@ -114,7 +128,7 @@ def canal_likelihood(hu: np.ndarray, spacing: float, inside: np.ndarray | None =
         def evidence(src, src_known, dx, dy):
             v = _shifted(src, dx, dy, 0.0)
             k = _shifted(src_known.astype(np.float32), dx, dy, 0.0) > 0.5
-            e = np.clip((v - centre - WALL_MIN_HU) / WALL_FULL_HU, -0.5, 1.0)
+            e = np.clip((v - centre - wall_hu[0]) / wall_hu[1], -0.5, 1.0)
             return np.where(k, e, 0.3)  # outside the view: neither for nor against
 
         front = evidence(body, body_known, 0, -(px(r + 1.0) + px(7.0)))
@@ -227,6 +241,19 @@ def _best_stretch(scores: np.ndarray, spacing: float) -> slice:
     return best
 
 
-def find_canal(hu: np.ndarray, spacing: float, inside: np.ndarray | None = None) -> CanalTrack:
-    """:func:`canal_likelihood` then :func:`track`, on a grid of ``spacing`` mm."""
-    return track(canal_likelihood(hu, spacing, inside), spacing)
+def find_canal(hu: np.ndarray, spacing: float, inside: np.ndarray | None = None, *,
+               avoid: CanalTrack | None = None) -> CanalTrack:
+    """:func:`canal_likelihood` then :func:`track`, on a grid of ``spacing`` mm.
+
+    ``avoid``: a canal found before on the same grid that had no spine in front of it; the
+    second look uses the fainter walls of :data:`FAINT_WALL_HU` and keeps :data:`AVOID_MM`
+    away from it.
+    """
+    if avoid is None:
+        return track(canal_likelihood(hu, spacing, inside), spacing)
+    score = canal_likelihood(hu, spacing, inside, wall_hu=FAINT_WALL_HU)
+    r = AVOID_MM / spacing
+    xs, ys = np.arange(hu.shape[0])[:, None], np.arange(hu.shape[1])[None, :]
+    for x, y, k in zip(avoid.x, avoid.y, avoid.k):
+        score[:, :, int(k)][(xs - x) ** 2 + (ys - y) ** 2 <= r * r] = -1.0
+    return track(score, spacing)

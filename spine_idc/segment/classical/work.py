@@ -77,3 +77,4 @@ class Work:
     disc_labels: np.ndarray | None = None  # disc index 1..n-1 (joins bodies k, k+1), 0 elsewhere
     canal: np.ndarray | None = None  # the spinal canal over the vertebrae found
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
+    coarse_track: CanalTrack | None = None  # the canal as found, on the canal search's grid
