@@ -240,7 +240,9 @@ def _trim_skirt(labels: np.ndarray, hu: np.ndarray, spacing: float) -> None:
     smooth = ndimage.gaussian_filter(hu.astype(np.float32), 0.5)
     size = 2 * max(1, int(round(SKIRT_REACH_MM / spacing))) + 1
     peak = ndimage.maximum_filter(np.where(inside, smooth, -1000.0), size=size)
-    outer = inside & ~ndimage.binary_erosion(inside, border_value=1)
+    # The outside only: the walls of enclosed holes (dark marrow, a basivertebral vein) are
+    # inside the bone.
+    outer = inside & ~ndimage.binary_erosion(ndimage.binary_fill_holes(inside), border_value=1)
     labels[outer & (smooth < SOFT_HU + 0.5 * (peak - SOFT_HU))] = 0
 
 

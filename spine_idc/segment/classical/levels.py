@@ -266,7 +266,10 @@ def trim_native(labels: np.ndarray, bodies: np.ndarray, ct: Volume, vertebrae: l
     smooth = ndimage.gaussian_filter(hu, (0.5, 0.5, 0.0))
     size = tuple(2 * max(1, int(round(SKIRT_REACH_MM / p))) + 1 for p in px) + (1,)
     peak = ndimage.maximum_filter(np.where(v, smooth, -1000.0), size=size)
-    outer = v & ~ndimage.binary_erosion(sub > 0, structure=plane_structure(2), border_value=1)
+    filled = np.zeros_like(v)
+    for k in range(v.shape[2]):  # the walls of holes enclosed in a plane are not an outside
+        filled[:, :, k] = ndimage.binary_fill_holes(sub[:, :, k] > 0)
+    outer = v & ~ndimage.binary_erosion(filled, structure=plane_structure(2), border_value=1)
     cut = outer & (smooth < SOFT_HU + 0.5 * (peak - SOFT_HU))
     sub[cut] = 0
     bodies[box][cut] = 0
