@@ -397,6 +397,43 @@ def test_faint_spine_is_found_on_a_second_look(backend):
     assert any("looking again for fainter walls" in w for w in result.qc.warnings)
 
 
+def test_trim_takes_the_blurred_skirt_not_the_bone_or_its_holes():
+    """A bright block blurred like a scan, labelled one voxel too wide all round (what a
+    faint-bone threshold takes): the in-plane trim on the CT's grid takes that skirt, keeps
+    the block, keeps the walls of a dark hole enclosed in it, and leaves a disc's label
+    (another label touching it) alone."""
+    from scipy import ndimage
+
+    from spine_idc.segment.classical.levels import trim_native
+
+    hu = np.full((40, 40, 6), 40.0, np.float32)
+    hu[10:30, 10:30, :] = 700.0
+    hu[18:22, 18:22, :] = 40.0  # a dark hole enclosed in the bone
+    hu = ndimage.gaussian_filter(hu, (0.8, 0.8, 0.0))
+    ct = Volume(hu.astype(np.int16), np.eye(4))
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[9:31, 9:31, :] = 20  # the block and a one-voxel skirt
+    labels[19:21, 19:21, :] = 0  # the hole, its blurred rim labelled as bone
+    labels[9:31, 31, :] = 160  # a disc beside one face
+    bodies = labels.copy()
+    trim_native(labels, bodies, ct, [20])
+    block = np.zeros(hu.shape, bool)
+    block[10:30, 10:30, :] = True
+    block[19:21, 19:21, :] = False
+    # nothing outside the block, but where the skirt touches the disc: between two labels
+    # there is no outside to trim from
+    beside_disc = np.zeros(hu.shape, bool)
+    beside_disc[9:31, 30, :] = True
+    assert not np.any((labels == 20) & ~block & ~beside_disc)
+    assert np.all(labels[10:30, 30, :] == 20)
+    assert (labels == 20).sum() >= 0.97 * block.sum()  # the block kept
+    # the enclosed hole's rim is inside the bone: not trimmed, however dark
+    assert np.all(labels[18:22, 18:22, :][~np.pad(np.ones((2, 2), bool), 1)[:, :, None]
+                                         .repeat(6, 2)] == 20)
+    assert np.all(labels[9:31, 31, :] == 160)  # the disc untouched
+    assert np.array_equal(bodies == 20, labels == 20)
+
+
 def test_end_of_rib_cage_cut_by_the_view():
     """A rib-free vertebra cut by the end of the view verifies the end of the rib cage only
     when the view shows as much of its body as its rib-bearing neighbour's whole body (the
