@@ -346,3 +346,28 @@ def sample_planes(
             volume, pts.reshape(3, -1), order=order, mode="constant", cval=cval, prefilter=False
         ).reshape(pts.shape[1:])
     return out
+
+
+def extend_straight(line: Centreline, shape, length: float, frame_smooth: float) -> Centreline:
+    """Extend a centreline straight along its end tangents, up to ``length`` voxels each way,
+    staying inside the array's z range (``frame_smooth`` as for :func:`make_centreline`)."""
+    n_end = min(len(line), 15)
+    t0 = line.p[n_end - 1] - line.p[0]
+    t1 = line.p[-1] - line.p[-n_end]
+    t0 /= max(np.linalg.norm(t0), 1e-9)
+    t1 /= max(np.linalg.norm(t1), 1e-9)
+    zmax = shape[2] - 1
+    before = []
+    for i in range(1, int(length / line.step) + 1):
+        q = line.p[0] - t0 * i * line.step
+        if q[2] < -1 or q[2] > zmax + 1:
+            break
+        before.append(q)
+    after = []
+    for i in range(1, int(length / line.step) + 1):
+        q = line.p[-1] + t1 * i * line.step
+        if q[2] < -1 or q[2] > zmax + 1:
+            break
+        after.append(q)
+    pts = np.vstack(before[::-1] + [line.p] + after) if (before or after) else line.p
+    return make_centreline(pts, line.step, smooth=0.0, frame_smooth=frame_smooth)

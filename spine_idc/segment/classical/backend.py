@@ -29,7 +29,8 @@ from scipy import ndimage
 from ...errors import ConfigError, SegmentationError
 from ...volume import Volume
 from .. import grid
-from .axis import Centreline, make_centreline
+from .axis import extend_straight, make_centreline
+from .bone import peel_skirt
 from ..base import Declaration, Resources, SegmentationResult
 from .canal import CanalTrack, find_canal
 from .column import measure_column, reformat
@@ -219,7 +220,7 @@ class ClassicalBackend:
         t = time.perf_counter()
         line = make_centreline(work.track.points(), 1.0, smooth=LINE_SMOOTH_MM / sp,
                                frame_smooth=FRAME_SMOOTH_MM / sp)
-        line = _extend(line, work.hu.shape, 60.0 / sp)
+        line = extend_straight(line, work.hu.shape, 60.0 / sp, FRAME_SMOOTH_MM)
         work.line = line
         planes, uu, vv = reformat(work.hu, line, sp, work.inside)
         col = measure_column(planes, uu, vv, sp)
@@ -283,7 +284,7 @@ class ClassicalBackend:
                                   min(work.cortical_hu, JOINT_HU)))
         smooth = ndimage.gaussian_filter(work.hu, 0.7 / sp)
         usable = work.inside & ~work.canal_core
-        work.full = _peel((smooth > work.bone_hu) & usable, smooth, work.bone_hu)
+        work.full = peel_skirt((smooth > work.bone_hu) & usable, smooth, work.bone_hu)
         work.strict = (smooth > work.joint_hu) & usable
         work.timing["bone"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -323,36 +324,6 @@ def _probe_below(work: Work) -> None:
     work.bodies = [b for b in work.bodies if b.start > lowest.centre]
     work.bodies.insert(0, probe)
     work.probe = True
-
-
-def _peel(mask: np.ndarray, hu: np.ndarray, floor_hu: float, layers: int = 2) -> np.ndarray:
-    """Peel the blurred skirt of ``mask``, a layer at a time from the outside: voxels darker
-    than halfway between soft tissue and the brightest bone within 2 mm (where the scanner's
-    blur puts a bone's real edge, whatever its density), but never below ``floor_hu``.
-
-    The second and later layers are peeled within axial planes only: across thick slices the
-    skirt is the slice profile of real bone.  Interior voxels (marrow darker than its cortex)
-    are never reached: only what lies on the outside is peeled.
-    """
-    from .bone import plane_structure
-    from .column import SOFT_HU
-
-    box = tuple(
-        slice(max(0, int(ix.min()) - 3), int(ix.max()) + 4) for ix in np.nonzero(mask)
-    ) if mask.any() else tuple(slice(0, 0) for _ in mask.shape)
-    sub, h = mask[box].copy(), hu[box]
-    near_max = ndimage.maximum_filter(h, size=5)
-    surface = np.maximum(0.5 * (SOFT_HU + near_max), floor_hu)
-    for layer in range(layers):
-        structure = None if layer == 0 else plane_structure(2)
-        outer = sub & ~ndimage.binary_erosion(sub, structure=structure, border_value=1)
-        peel = outer & (h < surface)
-        if not peel.any():
-            break
-        sub &= ~peel
-    out = np.zeros_like(mask)
-    out[box] = sub
-    return out
 
 
 def _patient_box(ct: Volume):
@@ -414,28 +385,3 @@ def _cortical_threshold(work: Work) -> float:
         return 250.0
     peak = float(np.percentile(np.concatenate(vals), 99))
     return float(np.clip(0.55 * peak, 200.0, 600.0))
-
-
-def _extend(line: Centreline, shape, length: float) -> Centreline:
-    """Extend a centreline straight along its end tangents, up to ``length`` voxels each way,
-    staying inside the array's z range."""
-    n_end = min(len(line), 15)
-    t0 = line.p[n_end - 1] - line.p[0]
-    t1 = line.p[-1] - line.p[-n_end]
-    t0 /= max(np.linalg.norm(t0), 1e-9)
-    t1 /= max(np.linalg.norm(t1), 1e-9)
-    zmax = shape[2] - 1
-    before = []
-    for i in range(1, int(length / line.step) + 1):
-        q = line.p[0] - t0 * i * line.step
-        if q[2] < -1 or q[2] > zmax + 1:
-            break
-        before.append(q)
-    after = []
-    for i in range(1, int(length / line.step) + 1):
-        q = line.p[-1] + t1 * i * line.step
-        if q[2] < -1 or q[2] > zmax + 1:
-            break
-        after.append(q)
-    pts = np.vstack(before[::-1] + [line.p] + after) if (before or after) else line.p
-    return make_centreline(pts, line.step, smooth=0.0, frame_smooth=FRAME_SMOOTH_MM)

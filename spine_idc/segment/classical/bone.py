@@ -163,3 +163,32 @@ def bone_mask(
                 break
             filled &= ~peel
     return dense, filled
+
+
+def peel_skirt(mask: np.ndarray, hu: np.ndarray, floor_hu: float, layers: int = 2) -> np.ndarray:
+    """Peel the blurred skirt of ``mask``, a layer at a time from the outside: voxels darker
+    than halfway between soft tissue and the brightest bone within 2 mm (where the scanner's
+    blur puts a bone's real edge, whatever its density), but never below ``floor_hu``.
+
+    The second and later layers are peeled within axial planes only: across thick slices the
+    skirt is the slice profile of real bone.  Interior voxels (marrow darker than its cortex)
+    are never reached: only what lies on the outside is peeled.
+    """
+    from .column import SOFT_HU
+
+    box = tuple(
+        slice(max(0, int(ix.min()) - 3), int(ix.max()) + 4) for ix in np.nonzero(mask)
+    ) if mask.any() else tuple(slice(0, 0) for _ in mask.shape)
+    sub, h = mask[box].copy(), hu[box]
+    near_max = ndimage.maximum_filter(h, size=5)
+    surface = np.maximum(0.5 * (SOFT_HU + near_max), floor_hu)
+    for layer in range(layers):
+        structure = None if layer == 0 else plane_structure(2)
+        outer = sub & ~ndimage.binary_erosion(sub, structure=structure, border_value=1)
+        peel = outer & (h < surface)
+        if not peel.any():
+            break
+        sub &= ~peel
+    out = np.zeros_like(mask)
+    out[box] = sub
+    return out
