@@ -87,7 +87,7 @@ def _record_error(job: SeriesJob, exc: BaseException, path: Path | None = None) 
 
 
 def run(jobs: list[SeriesJob], options: SegmentConfig,
-        done: Callable[[SeriesJob, Failure | None], None] = lambda job, failure: None,
+        done: Callable[[SeriesJob, Failure | None], None] | None = None,
         backend=None, stats: dict | None = None, loaders: int = 2,
         writers: int = 2, threads: int | None = None) -> dict[str, Failure | None]:
     """Segment ``jobs`` in a pipeline; ``done`` is called (writer thread) as each is written.
@@ -100,6 +100,7 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
     from ..segment import StagedBackend
     from ..volume import read_nifti
 
+    notify = done if done is not None else (lambda job, failure: None)
     if backend is None:
         backend, params = backend_for(options)
     else:
@@ -147,7 +148,7 @@ def run(jobs: list[SeriesJob], options: SegmentConfig,
                 return
         results[job.key] = failure
         try:
-            done(job, failure)
+            notify(job, failure)
         except Exception as exc:  # noqa: BLE001 - a missing stamp only means the series is redone
             raise_if_machine_fault(exc, job.key, "segment")
             log.exception("series %s: could not record its completion", job.key)

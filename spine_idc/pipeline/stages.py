@@ -147,8 +147,6 @@ def segment(jobs, options: SegmentConfig, done=None, threads: int | None = None)
     """
     from .segment_runner import run
 
-    if done is None:
-        return run(list(jobs), options, threads=threads)
     return run(list(jobs), options, done, threads=threads)
 
 
