@@ -192,3 +192,27 @@ def peel_skirt(mask: np.ndarray, hu: np.ndarray, floor_hu: float, layers: int = 
     out = np.zeros_like(mask)
     out[box] = sub
     return out
+
+
+def half_max_skirt(bone: np.ndarray, solid: np.ndarray, smooth: np.ndarray, size,
+                   in_planes: bool) -> np.ndarray:
+    """The outermost layer of ``bone`` that is darker than halfway between soft tissue and
+    the brightest of ``bone`` within ``size`` (a filter size, voxels): the blurred skirt
+    outside the half-maximum edge.
+
+    ``solid`` is everything labelled (``bone`` and its neighbours: a disc, the canal); only
+    its outside counts as an outside, and the walls of holes enclosed in it do not.
+    ``in_planes``: the layer and the holes are taken within the planes of axis 2 only.
+    """
+    from .column import SOFT_HU
+
+    if in_planes:
+        filled = np.zeros_like(solid)
+        for k in range(solid.shape[2]):
+            filled[:, :, k] = ndimage.binary_fill_holes(solid[:, :, k])
+        structure = plane_structure(2)
+    else:
+        filled, structure = ndimage.binary_fill_holes(solid), None
+    peak = ndimage.maximum_filter(np.where(bone, smooth, -1000.0), size=size)
+    outer = bone & ~ndimage.binary_erosion(filled, structure=structure, border_value=1)
+    return outer & (smooth < SOFT_HU + 0.5 * (peak - SOFT_HU))

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .axis import Centreline
+from .bone import half_max_skirt
 from .disc_extent import disc_planes
 from .sacrum import assess
 from .vertebrae import BodyRun, project_mask
@@ -232,18 +233,14 @@ def _trim_skirt(labels: np.ndarray, hu: np.ndarray, spacing: float) -> None:
     outside of the spine is trimmed (faces between two vertebrae are not an outside), and only
     one layer, in 3-D: faint bone, whose halfway level is low, keeps its edge.
     """
-    from .column import SOFT_HU
-
     inside = labels > 0
     if not inside.any():
         return
     smooth = ndimage.gaussian_filter(hu.astype(np.float32), 0.5)
     size = 2 * max(1, int(round(SKIRT_REACH_MM / spacing))) + 1
-    peak = ndimage.maximum_filter(np.where(inside, smooth, -1000.0), size=size)
     # The outside only: the walls of enclosed holes (dark marrow, a basivertebral vein) are
     # inside the bone.
-    outer = inside & ~ndimage.binary_erosion(ndimage.binary_fill_holes(inside), border_value=1)
-    labels[outer & (smooth < SOFT_HU + 0.5 * (peak - SOFT_HU))] = 0
+    labels[half_max_skirt(inside, inside, smooth, size, in_planes=False)] = 0
 
 
 def _fill_marrow(body_lab: np.ndarray, allowed: np.ndarray) -> None:

@@ -252,8 +252,7 @@ def trim_native(labels: np.ndarray, bodies: np.ndarray, ct: Volume, vertebrae: l
     edge is sharper.  Only in-plane: across slices a thick slice's profile is real bone.
     Faces between two labels (vertebra, disc, canal) are not an outside.
     """
-    from .bone import plane_structure
-    from .column import SOFT_HU
+    from .bone import half_max_skirt
     from .grow import SKIRT_REACH_MM
 
     vert = np.isin(labels, vertebrae)
@@ -261,16 +260,9 @@ def trim_native(labels: np.ndarray, bodies: np.ndarray, ct: Volume, vertebrae: l
         return
     box = tuple(slice(max(0, int(ix.min()) - 3), int(ix.max()) + 4) for ix in np.nonzero(vert))
     sub, v = labels[box], vert[box]
-    hu = ct.array[box].astype(np.float32)
-    px = ct.spacing[:2]
-    smooth = ndimage.gaussian_filter(hu, (0.5, 0.5, 0.0))
-    size = tuple(2 * max(1, int(round(SKIRT_REACH_MM / p))) + 1 for p in px) + (1,)
-    peak = ndimage.maximum_filter(np.where(v, smooth, -1000.0), size=size)
-    filled = np.zeros_like(v)
-    for k in range(v.shape[2]):  # the walls of holes enclosed in a plane are not an outside
-        filled[:, :, k] = ndimage.binary_fill_holes(sub[:, :, k] > 0)
-    outer = v & ~ndimage.binary_erosion(filled, structure=plane_structure(2), border_value=1)
-    cut = outer & (smooth < SOFT_HU + 0.5 * (peak - SOFT_HU))
+    smooth = ndimage.gaussian_filter(ct.array[box].astype(np.float32), (0.5, 0.5, 0.0))
+    size = tuple(2 * max(1, int(round(SKIRT_REACH_MM / p))) + 1 for p in ct.spacing[:2]) + (1,)
+    cut = half_max_skirt(v, sub > 0, smooth, size, in_planes=True)
     sub[cut] = 0
     bodies[box][cut] = 0
 
