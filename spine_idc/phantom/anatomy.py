@@ -21,7 +21,7 @@ _EYE = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
 _TABLE = {
     "W": {0: 16, 2: 16, 6: 22, 7: 25, 12: 29, 18: 40, 19: 42, 21: 46, 23: 49},
     "D": {0: 12, 2: 14, 6: 16, 7: 17, 12: 25, 18: 30, 19: 31, 21: 33, 23: 34},
-    "H": {0: 12, 2: 13, 6: 14, 7: 16, 12: 19, 18: 24, 19: 25, 21: 27, 23: 26},
+    "H": {0: 12, 1: 15, 2: 13, 6: 14, 7: 16, 12: 19, 18: 24, 19: 25, 21: 27, 23: 26},
     "disc": {0: 4, 2: 5, 6: 5, 7: 4.5, 12: 5.5, 18: 7, 19: 9, 21: 10.5, 22: 11, 23: 10},
     "cw": {0: 20, 6: 19, 7: 17, 12: 16, 18: 17, 19: 18, 23: 20},
     "cd": {0: 15, 6: 14, 7: 14, 12: 14, 18: 15, 23: 16},
@@ -191,6 +191,7 @@ def _build_model(seed: int, curvature_mm: float, scoliosis_mm: float, features=(
                  d_above=p["disc"] if i == 0 else float(prm["disc"][i - 1]))
         vert.append(_Part(NAMES[i], i, centres[i] + np.array([off, 0, 0]) + origin,
                           _frame(thetas[i], math.atan(slope)), p))
+    _craniocervical(vert[0], vert[1])
     # Sacrum: five fused segments curving down, posteriorly then forwards (sacral kyphosis).
     sacrum, pos, theta = [], np.zeros(3), sacral_theta - tc
     ss = scale * r.uniform(0.95, 1.05)
@@ -226,6 +227,29 @@ def _build_model(seed: int, curvature_mm: float, scoliosis_mm: float, features=(
     model = _Model(vert, sacrum, hu, trab_factor, {}, const)
     model.knots = _knots(model)
     return model
+
+
+#: The atlas and the axis (C1, C2), roughly after published adult morphometry (e.g. Doherty
+#: and Heggeness, Spine 1995; Steele's rule of thirds for the canal at C1): the dens is about
+#: 10 mm across (radius 0.3 x C2's body width here) and its tip reaches the top of C1's
+#: anterior arch; the atlanto-dental interval is 1-3 mm in adults; C1's anterior arch is
+#: about 10 mm tall and 5 mm thick, its lateral masses about 11 x 16 mm and as tall as C1.
+DENS_RADIUS = 0.3
+ATLANTO_DENTAL_MM = 1.8
+ANTERIOR_ARCH_MM = (5.0, 10.0)  # thickness (anteroposterior), height
+#: The lateral masses stand this much further from the dens than the anterior arch does (the
+#: lateral atlanto-dental spaces are 3-4 mm wide).
+LATERAL_GAP_MM = 1.5
+
+
+def _craniocervical(c1: _Part, c2: _Part) -> None:
+    """C1 has no body: the dens of C2 takes its place, rising from C2's body to the top of
+    C1's anterior arch, with no disc between them (C1 sits on C2's facets)."""
+    r = DENS_RADIUS * c2.p["W"]
+    tip = c1.world((0, 0, ANTERIOR_ARCH_MM[1] / 2 + 1.0))
+    c2.p["dens"] = float(c2.R[:, 2] @ (tip - c2.c)) - c2.p["H"] / 2
+    c2.p["dens_r"] = c1.p["dens_r"] = float(r)
+    c1.p["atlas"] = 1.0
 
 
 def _spinous_tip_v(p: dict[str, float]) -> float:
@@ -265,6 +289,13 @@ def _ellipse(a, b, ra: float, rb: float):
     return np.where(k1 > 1e-6, k0 * (k0 - 1) / np.maximum(k1, 1e-6), -min(ra, rb))
 
 
+def _ellipsoid(a, b, c, ra: float, rb: float, rc: float):
+    """Approximate signed distance to the ellipsoid with semi-axes ``ra, rb, rc``."""
+    k0 = np.sqrt((a / ra) ** 2 + (b / rb) ** 2 + (c / rc) ** 2)
+    k1 = np.sqrt((a / (ra * ra)) ** 2 + (b / (rb * rb)) ** 2 + (c / (rc * rc)) ** 2)
+    return np.where(k1 > 1e-6, k0 * (k0 - 1) / np.maximum(k1, 1e-6), -min(ra, rb, rc))
+
+
 def _extrude(d2, dz):
     """Cap a 2-D SDF ``d2`` by a slab SDF ``dz`` (a prism)."""
     return np.minimum(np.maximum(d2, dz), 0) + np.hypot(np.maximum(d2, 0), np.maximum(dz, 0))
@@ -296,12 +327,21 @@ def _vertebra(p: dict[str, float], u, v, w):
     vpw = 0.7 * D / 2  # flat posterior wall of the body
     vc = vpw + cd / 2  # canal centre
     d = _extrude(np.maximum(_ellipse(u, v, W / 2, D / 2), v - vpw), np.abs(w) - H / 2)
+    if p.get("atlas"):
+        d = _atlas(p, u, v, w)
+    elif p.get("dens"):  # the dens, slightly behind the body's centre, rounded at its tip
+        r = p["dens_r"]
+        d = np.minimum(d, _capsule(u, v, w, (0, -1.0, H / 2 - 3), (0, -1.0, H / 2 + p["dens"] - r),
+                                   r, 0.85 * r))
     # The neural arch is a ring around the canal: its front half (the pedicles) is short and
     # high on the body, leaving the intervertebral foramina below; its back half (the laminae)
     # is nearly as tall as the body.
     ring = np.maximum(_ellipse(u, v - vc, cw / 2 + p["tp"], cd / 2 + p["tl"]),
                       -_ellipse(u, v - vc, cw / 2, cd / 2))
-    d = np.minimum(d, _extrude(np.maximum(ring, v - vc), np.abs(w - 0.12 * H) - 0.28 * H))
+    front = np.maximum(ring, v - vc)
+    if p.get("atlas"):  # no bone between the dens and the canal: the transverse ligament
+        front = np.maximum(front, p["dens_r"] + ATLANTO_DENTAL_MM + LATERAL_GAP_MM - np.abs(u))
+    d = np.minimum(d, _extrude(front, np.abs(w - 0.12 * H) - 0.28 * H))
     d = np.minimum(d, _extrude(np.maximum(ring, vc - 1 - v), np.abs(w + 0.05 * H) - 0.42 * H))
     # spinous process: a blade from the laminae, sloping down by sp_ang (steep in T5-T9)
     a, ln = p["sp_ang"], p["sp_len"] + 3
@@ -321,12 +361,31 @@ def _vertebra(p: dict[str, float], u, v, w):
                                 0.8 * min(p["tp_hy"], p["tp_hz"])))
         # articular processes reach half-way into the neighbours' zone; superior ones sit
         # lateral, inferior ones medial, 1.2 mm apart, so facet joints have a joint space
-        up = H / 2 + p["d_above"] / 2 + 3
+        # (C1's facets are its lateral masses' faces; C2's upper ones stay level with its
+        # body's top, under C1's lateral masses)
+        if p.get("atlas"):
+            continue
+        up = H / 2 + (1.0 if p.get("dens") else p["d_above"] / 2 + 3)
         down = H / 2 + p["disc"] / 2 + 3
         d = np.minimum(d, _obox(u, v, w, (s * (ax + 3.1), vc + 0.15 * cd, up / 2), _EYE,
                                 (2.5, 4.0, up / 2), 2.0))
         d = np.minimum(d, _obox(u, v, w, (s * (ax - 3.1), vc + 0.15 * cd + 2, -down / 2), _EYE,
                                 (2.5, 4.0, down / 2), 2.0))
+    return d
+
+
+def _atlas(p: dict[str, float], u, v, w):
+    """C1's ring without a body: the anterior arch in front of the dens (which is C2's, at
+    about v = -1 mm) and the lateral masses beside it; the posterior arch, the transverse and
+    articular processes are drawn as for the other levels."""
+    r, (t, h) = p["dens_r"], ANTERIOR_ARCH_MM
+    inner = r + ATLANTO_DENTAL_MM
+    arc = np.maximum(_ellipse(u, v + 1.0, inner + t, inner + t), -_ellipse(u, v + 1.0, inner, inner))
+    arc = np.maximum(arc, v + 1.0)  # its front half only
+    d = _extrude(arc, np.abs(w) - h / 2)
+    for s in (-1.0, 1.0):
+        d = np.minimum(d, _obox(u, v, w, (s * (inner + LATERAL_GAP_MM + 5.5), 1.5, 0.0), _EYE,
+                                (5.5, 8.0, p["H"] / 2 + 1.0), 2.0))
     return d
 
 

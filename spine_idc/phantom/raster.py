@@ -12,7 +12,7 @@ import numpy as np
 
 from ..volume import LPS_TO_RAS, Volume
 from .anatomy import (
-    _EYE, _build_model, _capsule, _ellipse, _extrude, _label_lut, _Model, _obox, _Part, _rib,
+    ATLANTO_DENTAL_MM, LATERAL_GAP_MM, _EYE, _ellipsoid, _build_model, _capsule, _ellipse, _extrude, _label_lut, _Model, _obox, _Part, _rib,
     _sacral_segment, _spinous_tip_v, _vertebra,
 )
 from .spec import FEATURES, HU_MAX, HU_MIN, METAL_HU, NAMES, ORIENTATIONS, Phantom, PhantomSpec, Tissue, true_name
@@ -154,7 +154,7 @@ def _paint_level(cv: _Canvas, m: _Model, i: int, below: bool, drawn: bool) -> No
     part, hu = m.vert[i], m.hu
     p = part.p
     W, D, H, cw, cd = p["W"], p["D"], p["H"], p["cw"], p["cd"]
-    if below:
+    if below and i > 0:  # no disc between C1 and C2
         if i == 23:
             s1 = m.sacrum[0]
             top, wl, dl = s1.world((0, 0, s1.p["h"] / 2)), s1.p["Wb"], s1.p["Db"]
@@ -197,8 +197,9 @@ def _paint_level(cv: _Canvas, m: _Model, i: int, below: bool, drawn: bool) -> No
         reach = max(W / 2, cw / 2 + p["tp"] + p["tp_len"]) + 8
         back = _spinous_tip_v(p) + 10
         drop = p["sp_len"] * math.sin(p["sp_ang"]) + p["sp_h"]
+        up = max(H / 2 + p["d_above"] / 2 + 6, H / 2 + p.get("dens", 0.0) + 2)
         sl, (u, v, w) = cv.local(part, (-reach, -D / 2 - 3, -H / 2 - p["disc"] / 2 - drop - 6),
-                                 (reach, back, H / 2 + p["d_above"] / 2 + 6))
+                                 (reach, back, up))
         if sl is not None:
             cv.merge(cv.dvert, sl, _vertebra(p, u, v, w), m.const["facet_gap"], owner=i)
             if "sclerosis_hu" in m.const:
@@ -305,6 +306,52 @@ def _paint_context(cv: _Canvas, m: _Model, listed: list[int], ribs: int = 12) ->
                         Z, Y, X = cv.coords(sl)
                         axes = ((e1[0], e1[1], 0), (-e1[1], e1[0], 0), (0, 0, 1))
                         cv.merge(cv.dother, sl, _obox(X, Y, Z, cen, axes, half, 0.45 * th), g)
+
+
+#: The skull above C1, in C1's frame: the bowl of the cranium (outer semi-axes, mm, and the
+#: thickness of its bone), its lowest point this far above C1's top, and the foramen magnum
+#: (about 30 x 35 mm; Wanebo and Chicoine, Neurosurgery 2001) around the canal.
+SKULL_AXES = (68.0, 82.0, 50.0)
+SKULL_BONE_MM = 6.0
+SKULL_ABOVE_C1_MM = 5.0
+FORAMEN_MAGNUM = (15.0, 17.5)
+
+
+def _paint_skull(cv: _Canvas, m: _Model) -> None:
+    """Head, brain, the cranium's base with the foramen magnum, and the occipital condyles on
+    C1's lateral masses -- where the view reaches above C1.  Unlabelled bone (not a vertebra)."""
+    c1 = m.vert[0]
+    p = c1.p
+    top = float(c1.world((0, 0, p["H"] / 2))[2])
+    if cv.z[-1] < top:
+        return
+    a, b, c = SKULL_AXES
+    vc = 0.7 * p["D"] / 2 + p["cd"] / 2
+    cen = (0.0, vc - 30.0, p["H"] / 2 + SKULL_ABOVE_C1_MM + c)
+    sl, (u, v, w) = cv.local(c1, (-a - 12, cen[1] - b - 12, p["H"] / 2 - 4),
+                             (a + 12, cen[1] + b + 12, cen[2] + c + 12))
+    if sl is None:
+        return
+    uu, vv, ww = u - cen[0], v - cen[1], w - cen[2]
+
+    def shell(grow: float):
+        return _ellipsoid(uu, vv, ww, a + grow, b + grow, c + grow)
+
+    above = p["H"] / 2 + 2 - w  # the head starts above C1; the neck below is the trunk's
+    cv.blend(sl, np.maximum(shell(8.0), above), m.hu["soft"], Tissue.SOFT)  # scalp, muscle
+    cv.blend(sl, shell(-SKULL_BONE_MM), m.hu["soft"] - 10, Tissue.SOFT)  # brain
+    # CSF and the cord (the medulla) on through the foramen magnum
+    tube = _extrude(_ellipse(u, v - vc, p["cw"] / 2, p["cd"] / 2), np.abs(w - p["H"] / 2 - 12) - 12)
+    cv.blend(sl, tube, m.hu["csf"], Tissue.CSF)
+    cv.blend(sl, _extrude(_ellipse(u, v - vc, 5.0, 4.0), np.abs(w - p["H"] / 2 - 12) - 12),
+             m.hu["cord"], Tissue.CORD)
+    foramen = _ellipse(u, v - vc + 2.0, *FORAMEN_MAGNUM)
+    bone = np.maximum(np.maximum(shell(0.0), -shell(-SKULL_BONE_MM)), -foramen)
+    r = p["dens_r"] + ATLANTO_DENTAL_MM + LATERAL_GAP_MM + 5.5
+    for s in (-1.0, 1.0):  # occipital condyles, on C1's lateral masses
+        bone = np.minimum(bone, _obox(u, v, w, (s * r, 1.5, p["H"] / 2 + 4.5), _EYE,
+                                      (5.0, 7.0, 4.5), 2.0))
+    cv.merge(cv.dother, sl, bone, m.const["facet_gap"] + 0.5)
 
 
 def _paint_bone(cv: _Canvas, field, trab, cortical: float, t: float, labelled: bool,
@@ -499,6 +546,7 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
         else:
             _paint_level(cv, m, i, below=i + 1 in context, drawn=i in listed or neighbours)
     _paint_context(cv, m, listed, ribs=13 if "T13" in feats else 12)
+    _paint_skull(cv, m)
     cortical, cortex = m.hu["cortical"], m.const["cortex"]
     trab = (spec.trabecular_hu * m.trab_factor).astype(np.float32)
     _paint_bone(cv, cv.dother, 0.8 * spec.trabecular_hu, cortical, cortex, False)

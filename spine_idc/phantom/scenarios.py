@@ -24,11 +24,17 @@ def _ends(m: _Model, i0: int, i1: int, cut: bool, f) -> tuple[float, float]:
     if cut:
         return lo1 + f[0] * (hi1 - lo1), hi0 - f[1] * (hi0 - lo0)
     above = m.vert[i0].p["d_above"] if i0 < 24 else m.vert[23].p["disc"]
-    hi = hi0 + (f[3] * above if i0 > 0 else 3)
+    # a view from C1 shows the base of the skull above it (a cervical spine or head-neck CT)
+    hi = hi0 + (f[3] * above if i0 > 0 else 16 + 20 * f[3])
     if i1 == 24:
         s5 = m.sacrum[4]
         return float(s5.world((0, 0, -s5.p["h"] / 2))[2]) - 30 * f[2], hi
     return lo1 - f[2] * m.vert[i1].p["disc"], hi
+
+
+#: How far (mm) above C1's top a view may reach: the base of the skull, no more (the phantom
+#: has no face or vault).
+SKULL_VIEW_MM = 30.0
 
 
 def spec_for_seed(seed: int, *, size: str = "test", levels=None) -> PhantomSpec:
@@ -81,7 +87,7 @@ def spec_for_seed(seed: int, *, size: str = "test", levels=None) -> PhantomSpec:
         ps, nxy, nz = round(0.6 + 0.4 * ps_pick, 3), 512, 300
         ss = next((o for o in (0.8, 1.0, 1.25, 1.5, 2.0) if 299 * o >= hi - lo), 2.0)
     half = (nz - 1) / 2 * ss
-    zc = min((hi + lo) / 2, m.core("C1")[1] + 5 - half)  # no skull in this phantom
+    zc = min((hi + lo) / 2, m.core("C1")[1] + SKULL_VIEW_MM - half)
     need = max(3.0, 1.5 * ss)
     names = tuple(n for n in NAMES
                   if min(m.core(n)[1], zc + half) - max(m.core(n)[0], zc - half) >= need)
