@@ -135,6 +135,27 @@ def test_every_level_is_labelled_as_whole_bone(seed, levels):
         assert (tis == Tissue.OTHER_BONE).sum() > 0
 
 
+def test_atlas_and_axis():
+    """C1 has no body: C2's dens rises into C1's ring, with no disc between them, and the
+    base of the skull lies above C1, apart from it (a joint space), as no vertebra's bone."""
+    from spine_idc.phantom import hard_spec
+
+    ph = make_phantom(hard_spec("cervical", 1))
+    lab, tis = ph.labels.array, ph.tissues.array
+    lps = np.linalg.inv(LPS_TO_RAS) @ ph.ct.affine
+    z = lambda mask: (lps @ np.c_[np.argwhere(mask), np.ones(int(mask.sum()))].T)[2]  # noqa: E731
+    c1, c2, c3 = (z(lab == _value(n)) for n in ("C1", "C2", "C3"))
+    assert c2.max() - c1.min() >= 10.0  # the dens stands within C1's ring
+    assert c2.max() - c2.min() >= 1.6 * (c3.max() - c3.min()) - 10.0  # C2 is tall
+    disc = z(tis == Tissue.DISC)
+    assert not ((disc > c2.max() - 15.0) & (disc < c1.max())).any()  # no C1/C2 disc
+    skull = tis == Tissue.OTHER_BONE
+    assert z(skull).max() > c1.max() + 5.0
+    assert not (ndimage.binary_dilation(lab == _value("C1")) & skull).any()
+    ml = ph.ct.voxel_volume_mm3 / 1000
+    assert 2.0 <= (lab == _value("C1")).sum() * ml <= 15.0
+
+
 def test_ribs_leave_a_joint_space(small):
     lab, tis = small.labels.array, small.tissues.array
     ribs = tis == Tissue.OTHER_BONE

@@ -314,7 +314,16 @@ NAMING_CASES = {
     "unknown-below": (["RR", "RR", "??"], False, None),
     "ribs-everywhere": (["RR"] * 4, False, None),
     "no-ribs-no-sacrum": (["--"] * 3, False, None),
+    # C1 on top of C2 (its dens with C1's arch in front, :mod:`.dens`): named from the dens
+    "dens": (["--"] * 6, False, ["C1", "C2", "C3", "C4", "C5", "C6"]),
+    "dens-and-T1": (["--"] * 7 + ["RR"] * 4, False,
+                    ["C1", "C2", "C3", "C4", "C5", "C6", "C7", "T1", "T2", "T3", "T4"]),
+    # the first rib one level too high for the dens' count: a cervical rib, or a missed
+    # body -- the image cannot tell which, so nothing is named
+    "dens-vs-T1": (["--"] * 6 + ["RR"] * 4, False, None),
+    "dens-with-rib": (["--", "--", "--", "RR", "--"], False, None),
 }
+DENS_CASES = {"dens", "dens-and-T1", "dens-vs-T1", "dens-with-rib"}
 
 
 @pytest.mark.parametrize("case", list(NAMING_CASES))
@@ -328,7 +337,7 @@ def test_naming_from_anchors(case):
     if case in ("L6", "T13"):  # a transitional count is named only when its levels are whole
         level_mm = [TYPICAL_LEVEL_MM.get(nm) for nm in reversed(expected)]
     naming = name_vertebrae(ribs, _verified_sacrum() if sacrum else None, sacrum, [True] * n,
-                            level_mm)
+                            level_mm, atlas=case in DENS_CASES)
     names = [coding.level_for_value(v).name for v in reversed(naming.values)]
     if expected is None:
         assert not naming.identified, names
@@ -365,6 +374,69 @@ def test_transitional_count_with_a_split_body_is_not_named(case):
     # and without lengths the count cannot be checked: withheld too
     naming = name_vertebrae(ribs, _verified_sacrum(), True, [True] * n, [None] * n)
     assert not naming.identified
+
+
+def _midline(parts):
+    """A midline HU profile from the canal's centre forwards, 1 mm a step, from (HU, mm)
+    pieces, lightly blurred as a scanner would."""
+    from scipy import ndimage
+
+    prof = np.concatenate([np.full(int(mm), float(hu)) for hu, mm in parts])
+    return ndimage.gaussian_filter1d(prof, 0.7)
+
+
+#: canal (8 mm of CSF), then what lies in front of it, then soft tissue
+_CANAL, _SOFT = (10, 8), (45, 20)
+ARCH_PROFILES = {
+    # dens: cortex, marrow, cortex; a 2 mm atlanto-dental gap; C1's anterior arch
+    "dens-and-arch": ([_CANAL, (600, 2), (220, 6), (600, 2), (40, 2), (650, 5), _SOFT], True),
+    "faint-dens-and-arch": ([_CANAL, (380, 2), (150, 6), (380, 2), (60, 2), (400, 4), _SOFT],
+                            True),
+    # a cervical body: dark marrow between its cortices is a wide dip, nothing in front
+    "body": ([_CANAL, (600, 2), (200, 12), (600, 2), _SOFT], False),
+    # a body with an anterior osteophyte 6 mm in front of it: the gap is too wide
+    "body-and-osteophyte": ([_CANAL, (600, 2), (200, 12), (600, 2), (40, 6), (600, 4), _SOFT],
+                            False),
+    # the dens alone (no arch in front of it: the plane is above or below C1's arch)
+    "dens-alone": ([_CANAL, (600, 2), (220, 6), (600, 2), _SOFT], False),
+    # two tables of a skull plate with the diploe between, with no canal before them
+    "no-bone-at-the-canal": ([_CANAL, (40, 10), (700, 2), (300, 2), (700, 2), _SOFT], False),
+}
+
+
+@pytest.mark.parametrize("case", list(ARCH_PROFILES))
+def test_anterior_arch_of_c1_in_front_of_the_dens(case):
+    from spine_idc.segment.classical.dens import arch_in_front
+
+    parts, expected = ARCH_PROFILES[case]
+    found = arch_in_front(_midline(parts), 8, 80.0, 1.0)
+    assert (found is not None) == expected, found
+    if expected:
+        back, gap, front = found
+        assert back in (7, 8, 9) and gap in (18, 19) and front in (24, 25, 26)
+
+
+def test_cervical_spine_named_from_the_dens(backend):
+    """A cervical spine CT from the skull's base (``cervical`` seed 3): no ribs, no sacrum.
+    C1 has no body and stands on C2 without a disc; the dens of C2 rises into C1's ring.  C2
+    is named from the dens with C1's anterior arch in front of it, C1 is the ring around the
+    dens, the skull above is no vertebra's, and the rest are counted down from C2."""
+    phantom = make_phantom(hard_spec("cervical", 3))
+    result = backend.segment(phantom.ct, series_key="cervical-3")
+    names = {v.label: v.name for v in result.qc.vertebrae}
+    s = score(phantom.labels.array, result.labels.array, names)
+    print(f"\ncervical seed 3: {s.line()}")
+    assert [v.name for v in result.qc.vertebrae][:3] == ["C1", "C2", "C3"]
+    assert not s.wrong and not s.withheld
+    assert [a.kind for a in result.qc.anchors] == ["dens"]
+    assert min(s.level_dice[n] for n in ("C1", "C2")) >= 0.7, s.line()
+    c1 = next(v for v in result.qc.vertebrae if v.name == "C1")
+    assert not c1.flags and c1.confidence >= QC_PASS_CONFIDENCE
+    # the skull's base is not C1: none of our vertebrae lies on bone the phantom did not label
+    from spine_idc.phantom import Tissue
+
+    ours = np.isin(result.labels.array, list(names))
+    assert (ours & (phantom.tissues.array == Tissue.OTHER_BONE)).sum() < 0.02 * ours.sum()
 
 
 def test_pedicle_screws_neither_split_a_body_nor_pass_for_ribs(backend):

@@ -120,6 +120,8 @@ HARD_SCENARIOS: dict[str, tuple] = {
     "T13": (("T1", "sacrum"), ("T13",), 3.0, None),
     "L6": (("T10", "sacrum"), ("L6",), None, None),
     "sacralised-L5": (("T11", "sacrum"), ("sacralised-L5",), None, None),
+    # a cervical spine CT from the skull base: C1 without a body, the dens of C2, no ribs
+    "cervical": (("C1", "C7"), (), None, None),
 }
 
 

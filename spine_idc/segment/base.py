@@ -50,7 +50,8 @@ class Anchor:
     kind:
         ``"sacrum"`` (the lowest segment is the sacrum, so the one above is L5),
         ``"lowest-rib"`` (the lowest rib-bearing vertebra with a rib-free one below is T12) or
-        ``"highest-rib"`` (the highest rib-bearing vertebra with a rib-free one above is T1).
+        ``"highest-rib"`` (the highest rib-bearing vertebra with a rib-free one above is T1)
+        or ``"dens"`` (the vertebra whose dens stands behind C1's anterior arch is C2).
     position:
         Cranio-caudal index (0 = most cranial vertebra found) of the vertebra the anchor names.
     level:

@@ -13,7 +13,7 @@ Steps (each module explains its own reasoning):
    column's HU from its bodies' plateau (:mod:`.discs`);
 5. seed and grow whole vertebrae, taking ribs and other bones away (:mod:`.grow`);
 6. name the vertebrae from anatomical anchors -- sacrum, lowest and highest rib-bearing
-   vertebra -- or leave them unidentified and say so, map the labels back onto the CT's own
+   vertebra, the dens of C2 (:mod:`.dens`) -- or leave them unidentified and say so, map the labels back onto the CT's own
    grid (nearest neighbour through the affines) and assemble the QC record (:mod:`.levels`).
 """
 
@@ -34,6 +34,7 @@ from .bone import peel_skirt
 from ..base import Declaration, Resources, SegmentationResult
 from .canal import CanalTrack, find_canal
 from .column import measure_column, reformat
+from .dens import find_dens
 from .disc_extent import between_bodies, bodies_between, edge_discs, refine_discs
 from .discs import choose_discs, disc_evidence, local_period
 from .grow import grow_vertebrae
@@ -255,6 +256,9 @@ class ClassicalBackend:
         work.canal_r = float(np.nanmedian(-col.canal_front))
         work.canal_hw = float(np.nanmedian(col.canal_half_width))
         work.bodies = bodies_between(work.found_discs, lo, hi, work.planes, sp, col.threshold)
+        work.dens = find_dens(planes, uu, vv, col, work.bodies, sp)
+        if work.dens is not None:
+            _top_at_dens(work)
         _probe_below(work)
         if not work.bodies:
             raise SegmentationError(
@@ -289,10 +293,31 @@ class ClassicalBackend:
         work.timing["bone"] = time.perf_counter() - t
         t = time.perf_counter()
         grow_vertebrae(work)
+        if work.dens is not None:  # C1: a vertebra without a body, over the dens' planes
+            c2 = work.bodies[-1]
+            work.bodies.append(BodyRun(c2.stop + 1, work.dens.tip, c2.width, c2.depth))
+            work.atlas = True
         work.timing["grow"] = time.perf_counter() - t
         t = time.perf_counter()
         work.disc_labels, work.canal = discs_and_canal(work)
         work.timing["discs_canal"] = time.perf_counter() - t
+
+
+def _top_at_dens(work: Work) -> None:
+    """The column ends at C2's dens (:mod:`.dens`): C2's body is the top body, and what was
+    taken for bodies and discs above it (the dens with C1's ring, the skull's base) is not."""
+    d = work.dens
+    c2 = work.bodies[d.body]
+    work.bodies = work.bodies[: d.body] + [
+        BodyRun(c2.start, min(c2.stop, d.base - 1), c2.width, c2.depth)
+    ]
+    work.found_discs = [x for x in work.found_discs if x.centre < work.bodies[-1].stop]
+    work.seen = (work.seen[0], d.tip)
+    work.notes.append(
+        f"C1's anterior arch stands in front of the dens of the top body over "
+        f"{(d.arch[1] - d.arch[0] + 1) * work.spacing:.0f} mm: that body is C2, the ring around "
+        "the dens C1, the bone above the skull's base"
+    )
 
 
 #: Below the lowest disc, the column is followed this far (mm) to look for the sacrum when the

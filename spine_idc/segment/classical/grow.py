@@ -152,6 +152,9 @@ def grow_vertebrae(work: "Work") -> None:
         (np.abs(u - bu) > hw + 5.0 / sp) & (dv < RIB_ZONE_BACK * 2 * hd) & (dv > -0.2 * hd)
         & ~sacral
     )
+    atlas = n + 2  # C1's seeds while the races run (n + 1 is other bone)
+    if work.dens is not None:
+        other = _atlas_seeds(work, seed, other, idx, u, v, atlas)
     other &= seed == 0
     seed[other] = n + 1
     other_full = np.zeros(strict.shape, bool)
@@ -165,7 +168,7 @@ def grow_vertebrae(work: "Work") -> None:
     race = watershed(-dist, markers=m1, mask=strict)
     work.debug = dict(box=box, strict=strict, full=full, markers=markers, race=race)
     # Race 2: vertebra seeds within the spine, geodesically (flat image).
-    m2 = np.where((race == 1) & (markers <= n), markers, 0)
+    m2 = np.where((race == 1) & (markers != n + 1), markers, 0)
     labels = watershed(-dist, markers=m2, mask=race == 1)
     labels[race == 2] = n + 1
     if not np.array_equal(full, strict):
@@ -195,8 +198,11 @@ def grow_vertebrae(work: "Work") -> None:
     beyond = (lab_c == n) & (idx > hi_seen + END_REACH_MM[0] / sp)
     if not work.sacrum:
         beyond |= (lab_c == 1) & (idx < lo_seen - END_REACH_MM[1] / sp)
+    if work.dens is not None:
+        beyond |= (lab_c == atlas) & (idx > work.dens.tip + END_REACH_MM[0] / sp)
     labels[tuple(c[beyond] for c in coords)] = 0
     _adopt_fragments(labels, other_mask, full, work, box, sub_line)
+    labels[labels == atlas] = n + 1
     out = np.zeros(work.hu.shape, np.int16)
     out[box] = labels
     work.labels = out
@@ -208,6 +214,34 @@ def grow_vertebrae(work: "Work") -> None:
     bodies[tuple(c[keep] for c in coords)] = lab_c[keep]
     work.body_labels = np.zeros(work.hu.shape, np.int16)
     work.body_labels[box] = bodies
+
+
+#: C1's seeds: bone this far (mm) beyond the dens' surface, within this distance of the
+#: midline; the skull's base: bone this far (mm) above the dens' tip.
+ATLAS_CLEAR_MM = 1.5
+ATLAS_REACH_MM = 40.0
+SKULL_ABOVE_TIP_MM = 1.0
+ATLAS_BEHIND_MM = 18.0
+
+
+def _atlas_seeds(work: "Work", seed, other, idx, u, v, atlas: int) -> np.ndarray:
+    """Seed C1 (value ``atlas``) where its anterior arch was seen, everywhere but the dens;
+    take nothing near the spine in the dens' planes for other bone, but all bone above the
+    dens' tip (the skull's base).  Returns the new ``other``."""
+    d, sp = work.dens, work.spacing
+    top = work.bodies[-1].stop
+    dist = np.hypot(u, v - d.centre_v)
+    near = np.abs(u) <= ATLAS_REACH_MM / sp
+    # C1's posterior arch lies within about 25 mm of the canal's centre (the canal at C1 is
+    # about 30 mm deep); further back at its height is the occipital bone.
+    behind = v > work.canal_r + ATLAS_BEHIND_MM / sp
+    ring = ((idx >= d.arch[0]) & (idx <= d.arch[1]) & near & (seed == 0) & ~behind
+            & (dist > d.radius + ATLAS_CLEAR_MM / sp)
+            & (v >= d.centre_v - d.radius - 12.0 / sp))
+    seed[ring] = atlas
+    zone = (idx > top) & (idx <= d.tip + SKULL_ABOVE_TIP_MM / sp) & near & ~behind
+    skull = (idx > d.tip + SKULL_ABOVE_TIP_MM / sp) | ((idx > top) & behind)
+    return (other & ~zone) | skull
 
 
 def trim_skirt(work: "Work") -> None:

@@ -33,7 +33,7 @@ from ..base import (
 )
 from .grow import trim_skirt
 from .naming import name_vertebrae
-from .ribs import find_ribs
+from .ribs import RibSides, RibState, find_ribs
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..base import Backend
@@ -67,7 +67,10 @@ def _complete(work: "Work") -> list[bool]:
     """Whether each vertebra lies wholly within the stretch the column was seen over."""
     lo, hi = work.seen
     margin = 2
-    return [b.start > lo + margin and b.stop < hi - margin for b in work.bodies]
+    out = [b.start > lo + margin and b.stop < hi - margin for b in work.bodies]
+    if work.atlas:  # the column ends at the dens' tip: C2 and C1 are whole
+        out[-1] = out[-2] = out[-2] or work.bodies[-2].start > lo + margin
+    return out
 
 
 def finish(
@@ -78,16 +81,20 @@ def finish(
     n = len(work.bodies)
     work.conflict = False
     ribs = find_ribs(work)
+    if work.atlas:  # C1 never bears ribs; beside it lies the skull's base
+        ribs[-1] = RibSides(RibState.NONE, RibState.NONE)
     naming = name_vertebrae(
         ribs, work.sacrum_evidence, work.sacrum, _complete(work), _level_lengths(work),
-        [(b.stop - b.start + 1) * work.spacing for b in work.bodies],
+        [(b.stop - b.start + 1) * work.spacing for b in work.bodies], atlas=work.atlas,
     )
     values, anchors, warnings = naming.values, naming.anchors, list(naming.warnings)
     trim_skirt(work)
     work.conflict = naming.conflict
     lut = np.zeros(n + 2, np.int32)
     lut[1: n + 1] = values
-    disc_values, disc_between = _disc_values(values, naming.confidence)
+    # No disc joins C1 and C2: the discs join the bodies below.
+    last = n - 1 if work.atlas else n
+    disc_values, disc_between = _disc_values(values[:last], naming.confidence[:last])
     combined = lut[work.labels]
     if work.disc_labels is not None and disc_values:
         dlut = np.zeros(n + 1, np.int32)
@@ -130,11 +137,12 @@ def finish(
         if value in touching:
             flags.append(FLAG_FOV_BORDER)
         nbody = int(body_counts[value]) if value < len(body_counts) else 0
-        if nbody == 0:
+        atlas = work.atlas and k == n - 1  # C1 has no body
+        if nbody == 0 and not atlas:
             flags.append(FLAG_NO_BODY)
         height = _body_height(work, k, body_objs[k] if k < len(body_objs) else None)
         cut = value in touching
-        if not cut and value != coding.SACRUM_VALUE:
+        if not cut and value != coding.SACRUM_VALUE and not atlas:
             if not 1.5 <= vol <= 200.0:
                 flags.append(FLAG_IMPLAUSIBLE_SIZE)
             if (

@@ -1,6 +1,6 @@
 """Naming the vertebrae: only from verified anchors, checked against the ribs and the spacing.
 
-A name is a count from a landmark that fixes one level.  Three landmarks are used:
+A name is a count from a landmark that fixes one level.  Four landmarks are used:
 
 * the **sacrum** (:mod:`.sacrum`, verified by its alae and both sacroiliac joints): the
   vertebra above it is the last lumbar one;
@@ -8,7 +8,9 @@ A name is a count from a landmark that fixes one level.  Three landmarks are use
   in view (:mod:`.ribs`): T12, the one below L1 (VerSe's rule: L1 is the first vertebra without ribs
   or with rib remnants under 4 cm);
 * the **highest rib-bearing vertebra** with a rib-free vertebra above it, which must be fully
-  in view: T1.
+  in view: T1;
+* the **dens** of C2 with C1's anterior arch in front of it (:mod:`.dens`): C2, and the ring of
+  bone around the dens above it C1.
 
 Then the names are checked, and withheld (left as generic vertebrae, flagged
 ``unidentified``, with the reason in the warnings) when any check fails -- a wrong name is
@@ -130,6 +132,7 @@ def name_vertebrae(
     complete: list[bool],
     level_mm: list[float | None],
     body_mm: list[float] | None = None,
+    atlas: bool = False,
 ) -> Naming:
     """Name ``len(ribs)`` vertebrae (internal order, caudal to cranial; ``k = 0`` is the
     sacrum when ``sacrum_like``).
@@ -150,6 +153,9 @@ def name_vertebrae(
     body_mm:
         The length of each vertebra's body seen along the spine; a piece of a vertebra cut by
         the view shorter than :data:`MIN_NAMED_PIECE_MM` is not named.
+    atlas:
+        Whether the top vertebra is C1 and the one below it C2, from C2's dens with C1's
+        anterior arch in front of it (:mod:`.dens`): an anchor.
     """
     n = len(ribs)
     warnings: list[str] = []
@@ -193,6 +199,9 @@ def name_vertebrae(
             if ribs[h].both and above < n and ribs[above].free and seen(above, h):
                 high = h
                 anchors.append(Anchor("highest-rib", pos(h), "T1"))
+
+    if atlas:
+        anchors.append(Anchor("dens", pos(n - 2), "C2"))
 
     if not anchors:
         warnings.append(
@@ -257,11 +266,25 @@ def name_vertebrae(
                 )
                 return unidentified(n, anchors, warnings, conflict=True)
             names[0] = "sacrum"
-    else:  # the sacrum alone
+    elif sacrum_anchor:  # the sacrum alone
         names[0] = "sacrum"
         up = _LUMBAR[::-1] + _T[::-1] + _CERVICAL[::-1]
         for i, k in enumerate(range(1, n)):
             names[k] = up[i] if i < len(up) else None
+    if atlas:
+        # Counted down from C1; another anchor must have counted up to the same C1 and C2.
+        down = _CERVICAL + _T + _LUMBAR
+        from_dens = [down[n - 1 - k] if n - 1 - k < len(down) else None for k in range(n)]
+        if sacrum_like and n - 1 == len(down):
+            from_dens[0] = "sacrum"
+        if len(anchors) == 1:
+            names = from_dens
+        elif names[n - 1] != "C1" or names[n - 2] != "C2":
+            warnings.append(
+                f"C2 is seen at its dens, but counting from the other anchors names it "
+                f"{names[n - 2] or 'nothing'}: levels are left unidentified"
+            )
+            return unidentified(n, anchors, warnings, conflict=True)
 
     if sacrum_like and names[0] != "sacrum":
         warnings.append("counting from the anchors does not end at the sacrum: levels are left "

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .axis import Centreline
     from .canal import CanalTrack
     from .column import Column
+    from .dens import Dens
     from .discs import Disc
     from .vertebrae import BodyRun, Straightened
 
@@ -78,3 +79,5 @@ class Work:
     canal: np.ndarray | None = None  # the spinal canal over the vertebrae found
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
     coarse_track: CanalTrack | None = None  # the canal as found, on the canal search's grid
+    dens: Dens | None = None  # C2's dens and C1's arch at the top of the column (:mod:`.dens`)
+    atlas: bool = False  # bodies[-1] is C1 (no body; its planes are the dens')
