@@ -376,6 +376,23 @@ def test_transitional_count_with_a_split_body_is_not_named(case):
     assert not naming.identified
 
 
+def test_a_count_over_a_missed_disc_is_not_named():
+    """The dens names C2, but a disc missed below it (3 mm slices through a 4 mm cervical
+    disc) makes the next segment C3 and C4 together: every name below would be one level too
+    high, and every cervical level is about as long as the next, so the scale alone cannot
+    tell.  No level is 1.55 times its typical length: the names are withheld."""
+    from spine_idc.segment.classical.naming import name_vertebrae
+
+    n = 6  # C1, C2, "C3" (C3 + C4), "C4", "C5", "C6" cranio-caudally
+    ribs = [_sides("--")] * n
+    level_mm = [None, 17.0, 18.0, 29.0, None, None]  # internal order: caudal to cranial
+    naming = name_vertebrae(ribs, None, False, [True] * n, level_mm, atlas=True)
+    assert not naming.identified
+    assert any("missed or a false disc" in w for w in naming.warnings), naming.warnings
+    level_mm[3] = 17.0
+    assert name_vertebrae(ribs, None, False, [True] * n, level_mm, atlas=True).identified
+
+
 def _midline(parts):
     """A midline HU profile from the canal's centre forwards, 1 mm a step, from (HU, mm)
     pieces, lightly blurred as a scanner would."""

@@ -26,7 +26,9 @@ worse than none:
 * the spacing must fit the names: each fully seen level's length (disc to disc) against the
   typical length of the level it is named, :data:`TYPICAL_LEVEL_MM`, must give one scale for
   the whole scan (a patient is small or large everywhere): the median within
-  :data:`SCALE_RANGE`, every level within :data:`SCALE_SPREAD` of it.
+  :data:`SCALE_RANGE`, every level within :data:`SCALE_SPREAD` of it and within
+  :data:`LEVEL_RANGE` of its own typical length (a missed disc doubles one level, and next to
+  levels of the same length -- the neck's -- the median alone would not show it).
 
 The confidence of each name falls with its distance (in levels) from the nearest anchor it
 was counted from, and is highest between two anchors that agree: a count between two
@@ -60,6 +62,8 @@ TYPICAL_LEVEL_MM = {
 #: (lordosis and kyphosis lengthen or shorten single levels measured along the canal).
 SCALE_RANGE = (0.7, 1.4)
 SCALE_SPREAD = 1.4
+#: Every single level within this range of its typical length.
+LEVEL_RANGE = (0.6, 1.55)
 #: Confidence of a name counted from one anchor, from two agreeing ones, and how much it
 #: falls per level of distance from the anchor it was counted from (a missed or an extra disc
 #: on the way shifts it).
@@ -400,6 +404,11 @@ def _spacing_mismatch(names: list[str], level_mm: list[float | None]) -> str | N
             "(an adult's are within 0.7-1.4)"
         )
     for nm, s in scales:
+        # A missed disc makes one level twice as long, a false one half as long: whatever
+        # the patient's scale, no level is that far from its typical length.
+        if not LEVEL_RANGE[0] <= s <= LEVEL_RANGE[1]:
+            return (f"the level named {nm} is {s:.2f} times as long as a typical {nm} (a "
+                    "missed or a false disc?)")
         if not scale / SCALE_SPREAD <= s <= scale * SCALE_SPREAD:
             return (
                 f"the level named {nm} is {s / scale:.2f} times as long as its name implies "
