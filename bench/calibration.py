@@ -3,7 +3,7 @@
 Segments the hard phantom scenarios (:data:`spine_idc.phantom.HARD_SCENARIOS`, several seeds
 each), anchored easy phantoms, and the real cases in ``../shared/data/real`` that carry a
 reference, with the classical backend; compares every name with the truth by overlap
-(``tests/spine_scores.py``), and prints one line per case and a table: per confidence bin, how
+(``tests/support/spine_scores.py``), and prints one line per case and a table: per confidence bin, how
 many names were right, wrong, or withheld.  ``qc_pass`` (:data:`spine_idc.pipeline.cohort.
 QC_PASS_CONFIDENCE`) must lie above the most confident wrong name.
 
@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # spine_scores: the tests' way of comparing labellings
 
-from spine_scores import score  # noqa: E402
+from support.spine_scores import score  # noqa: E402
 
 from spine_idc import coding  # noqa: E402
 from spine_idc.errors import SeriesError  # noqa: E402
@@ -78,7 +78,7 @@ def _summary(case: str, s, result, secs: float) -> dict:
 
 
 def _real_cases() -> list[dict]:
-    from test_segment_real import labels_on_grid
+    from support.spine_scores import labels_on_grid
 
     from spine_idc.convert import ConvertOptions, load_series
     from spine_idc.segment import get_backend

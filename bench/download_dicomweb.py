@@ -1,6 +1,6 @@
 """Time WADO-RS retrieval of a series from a local Orthanc: spine-idc against plain loops.
 
-Starts Orthanc with its DICOMweb plugin on loopback (see ``tests/orthanc.py``), uploads a
+Starts Orthanc with its DICOMweb plugin on loopback (see ``tests/support/orthanc.py``), uploads a
 phantom series (512x512x300, about 150 MB, by default) and fetches it three ways:
 
 * ``fetch_dicomweb_series``: one series request, the multipart body read as it streams and each
@@ -31,7 +31,7 @@ from spine_idc.sources.dicomweb.series import fetch_dicomweb_series, make_client
 from spine_idc.phantom import write_phantom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc, upload  # noqa: E402
+from support.orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc, upload  # noqa: E402
 
 ANY_TS = (("application/dicom", "*"),)
 

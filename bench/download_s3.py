@@ -29,8 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the local S3 server and proxy helpers live with the tests
 
-from faultproxy import FaultProxy  # noqa: E402
-from s3_server import IDC_BUCKET, start_moto, upload_series  # noqa: E402
+from support.faultproxy import FaultProxy  # noqa: E402
+from support.s3_server import IDC_BUCKET, start_moto, upload_series  # noqa: E402
 
 from spine_idc.sources.idc.s3 import fetch_s3_series, find_s5cmd, s5cmd_environment  # noqa: E402
 from spine_idc.phantom import write_phantom  # noqa: E402

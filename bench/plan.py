@@ -9,7 +9,7 @@ feasible, the design this replaced.
     .venv/bin/python bench/plan.py [--sizes 1000 10000 100000] [--shard-size 20]
 
 ``--no-shared-fs`` plans as the gcp-batch and k8s profiles do: outputs in a GCS bucket (here a
-GCS emulator on loopback, ``tests/gcs_server.py``) through Snakemake's GCS storage plugin, each
+GCS emulator on loopback, ``tests/support/gcs_server.py``) through Snakemake's GCS storage plugin, each
 shard job's one output its pack (which carries its marker).  The manifest and shard tables are uploaded first and
 kept as the main process's local copies, as after the manifest job.  The emulator answers on
 loopback, so this times Snakemake's side; GCS's own latency comes on top.
@@ -94,7 +94,7 @@ def main() -> None:
         gcs = None
         if args.no_shared_fs:
             sys.path.insert(0, str(REPO / "tests"))
-            from gcs_server import start_gcs
+            from support.gcs_server import start_gcs
 
             gcs = stack.enter_context(start_gcs(Path(stack.enter_context(tempfile.TemporaryDirectory())), BUCKET))
             print("no shared filesystem: outputs in a GCS bucket (emulator on loopback)")

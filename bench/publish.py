@@ -2,7 +2,7 @@
 
 Builds one synthetic CT series (512x512, ``--slices`` slices) and ``--pairs`` SEG+SR pairs of it
 (distinct UIDs: each pair has other algorithm parameters), starts Orthanc with its DICOMweb
-plugin on loopback (``tests/orthanc.py``) and publishes the pairs three ways:
+plugin on loopback (``tests/support/orthanc.py``) and publishes the pairs three ways:
 
 * ``publish_series`` on an empty store (look-up, POST of the file's bytes, look-up to verify,
   Orthanc study ID for the viewer URL);
@@ -35,8 +35,8 @@ from spine_idc.publish import publish_series
 from spine_idc.volume import Volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc  # noqa: E402
-from test_dicom_seg import load_series, write_synthetic_series  # noqa: E402
+from support.orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc  # noqa: E402
+from support.dicom_series import load_series, write_synthetic_series  # noqa: E402
 
 
 def make_pairs(root: Path, n_pairs: int, n_slices: int) -> tuple[list[tuple[Path, Path]], str]:

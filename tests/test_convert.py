@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pydicom
 import pytest
-from dicom_faults import (
+from support.dicom_faults import (
     CT3_DICOM,
     TS_DICOM,
     TS_LABELS,

@@ -29,16 +29,10 @@ from spine_idc.publish import (
 )
 from spine_idc.volume import Volume
 
-try:
-    from dciodvfy import dciodvfy_errors
-    from faultproxy import FaultProxy
-    from orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc
-    from test_dicom_seg import load_series, write_synthetic_series
-except ImportError:  # tests collected as a package
-    from tests.dciodvfy import dciodvfy_errors
-    from tests.faultproxy import FaultProxy
-    from tests.orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc
-    from tests.test_dicom_seg import load_series, write_synthetic_series
+from support.dciodvfy import dciodvfy_errors
+from support.dicom_series import load_series, write_synthetic_series
+from support.faultproxy import FaultProxy
+from support.orthanc import UNAVAILABLE_REASON, orthanc_available, start_orthanc
 
 needs_orthanc = pytest.mark.skipif(not orthanc_available(), reason=UNAVAILABLE_REASON)
 ALGORITHM = AlgorithmInfo(version="0.1.0", parameters={"erosion_mm": "3.0"})

@@ -18,7 +18,7 @@ module                job
 
 A new source is one module that defines an object with the protocol's attributes and methods,
 and one line in :data:`SOURCES` (plus its name in the two schemas' ``source`` enums, which
-``tests/test_sources.py`` keeps equal to this registry).  Nothing else asks which source it is.
+``tests/sources/test_sources.py`` keeps equal to this registry).  Nothing else asks which source it is.
 """
 
 from __future__ import annotations

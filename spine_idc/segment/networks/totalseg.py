@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 #: TotalSegmentator's task; its v2 class numbering is what :data:`TOTAL_SPINE_CLASSES` copies.
 TASK = "total"
 #: Checked-in copy of the spine rows of TotalSegmentator's ``class_map["total"]`` (v2; checked
-#: against the installed package by ``tests/test_totalseg.py``): class name -> label value.
+#: against the installed package by ``tests/segment/test_totalseg.py``): class name -> label value.
 TOTAL_SPINE_CLASSES: dict[str, int] = {
     "sacrum": 25,
     "vertebrae_S1": 26,

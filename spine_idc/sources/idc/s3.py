@@ -19,7 +19,7 @@ errors:
   machine's problem, not the series'.
 
 What s5cmd prints, as seen against a local S3 server (moto) through a fault-injecting proxy
-(``tests/test_download_s3.py`` keeps these cases honest): every failure exits 1, with one
+(``tests/sources/test_download_s3.py`` keeps these cases honest): every failure exits 1, with one
 ``ERROR "<command>": <message>`` line per failed command (the wildcard listing, or each object)
 and possibly ``ERROR session: fetching region failed: ...`` first.  An empty prefix gives
 ``no object found``; a missing bucket ``NotFound ... status code: 404``; refused or cut
