@@ -3,6 +3,10 @@
 ``config.yaml`` (or Snakemake's ``config`` dict, after ``--config`` overrides) is checked against
 ``schemas/config.schema.yaml``: unknown or mistyped keys are an error that names the key, before
 any job starts.  Defaults come from the schema, so the schema is the one place they are written.
+
+Over 400 lines: the typed sections of the workflow's configuration (phantom, segment,
+measure, download, publish, DICOMweb, IDC) and the schema validation that fills them; a section is read with its neighbours (the backend's options with the segment
+section, the sources' with the query), and the schema file is the other half.
 """
 
 from __future__ import annotations

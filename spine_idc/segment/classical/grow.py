@@ -14,6 +14,10 @@ fill from its seed up to the narrow bridge, where the spine's flood meets it.  A
 on a flat image, hands every remaining spine voxel to the geodesically nearest vertebra seed,
 so pedicles, laminae and processes stay with their own body.  Finally discs -- never bone -- are
 cleared between bodies, and pieces of arch cut off by the edge of the view are adopted.
+
+Over 400 lines: the seeds, the two races and the clean-up share one straightened frame of
+projected voxels (``coords``, ``idx``, ``u``, ``v``); the skirt trim and C1's seeds are here
+because they read that frame too.
 """
 
 from __future__ import annotations

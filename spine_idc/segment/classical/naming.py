@@ -34,6 +34,10 @@ The confidence of each name falls with its distance (in levels) from the nearest
 was counted from, and is highest between two anchors that agree: a count between two
 landmarks is verified at both ends.  It is calibrated against measured errors (see the
 README's section on QC).
+
+Over 400 lines: the counting from each anchor and the checks that may withhold the names
+(anchors' agreement, ribs, spacing, transitional counts) must be read as one rule; split,
+a check could be skipped by a path that did not call it.
 """
 
 from __future__ import annotations

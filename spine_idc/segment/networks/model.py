@@ -29,6 +29,11 @@ in the model's orientation by axis permutation and flips only (no interpolation)
 resampled to the model's spacing with trilinear interpolation whose corner voxels coincide
 (``align_corners``), and the labels come back by nearest-index lookup along each axis on the
 same correspondence.
+
+Over 400 lines: reading a MONAI bundle or a checkpoint with its description, and the grid work
+they imply
+(orientation, spacing, window, sliding window, back to the CT's grid) must agree with each
+other line for line; the backends that use them are separate.
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ otherwise: the workflow builds the backend before the batch starts.  When they a
 segmenting touches no network: TotalSegmentator finds the folders and downloads nothing, and
 its anonymous usage statistics (an HTTP POST after each prediction unless its config says
 ``"send_usage_stats": false``) are switched off for our calls.
+
+Over 400 lines: TotalSegmentator's class table, its API call, the weights' discovery and
+the label mapping are one backend; splitting them would spread one external package's
+details over several files.
 """
 
 from __future__ import annotations
