@@ -31,9 +31,8 @@ resampled to the model's spacing with trilinear interpolation whose corner voxel
 same correspondence.
 
 Over 400 lines: reading a MONAI bundle or a checkpoint with its description, and the grid work
-they imply
-(orientation, spacing, window, sliding window, back to the CT's grid) must agree with each
-other line for line; the backends that use them are separate.
+they imply (orientation, spacing, window, sliding window, back to the CT's grid), must agree
+with each other line for line; the backends that use them are separate.
 """
 
 from __future__ import annotations
