@@ -88,12 +88,16 @@ def arch_in_front(prof: np.ndarray, start: int, bone_hu: float, sp: float
     if first.size == 0:
         return None
     back = int(first[0])
-    # the bone in front of the canal, as one stretch (small dips below the threshold allowed)
-    end = back
-    while end + 1 < len(prof) and (bone[end + 1] or bone[end + 1: end + 1 + mm(2.0)].any()):
-        end += 1
-    if end + mm(SOFT_IN_FRONT_MM) >= len(prof) or bone[end + 1: end + 1 + mm(SOFT_IN_FRONT_MM)].any():
-        return None  # not soft tissue in front of it, or out of reach
+    # the bone in front of the canal, as one stretch up to the first run of soft tissue
+    # SOFT_IN_FRONT_MM long (dark marrow and the atlanto-dental interval are shorter)
+    end, soft = back, mm(SOFT_IN_FRONT_MM)
+    i = back + 1
+    while i < len(prof) and i - end <= soft:
+        if bone[i]:
+            end = i
+        i += 1
+    if i - end <= soft:
+        return None  # the profile ends before soft tissue is seen in front of the bone
     # the most anterior narrow, deep dip with a thin bar in front of it
     for gap in range(end - mm(ARCH_DEPTH_MM[0]), end - mm(ARCH_DEPTH_MM[1]) - 1, -1):
         if gap <= back or not (prof[gap] <= prof[gap - 1] and prof[gap] <= prof[gap + 1]):
