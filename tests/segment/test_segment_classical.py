@@ -438,6 +438,19 @@ def test_anterior_arch_of_c1_in_front_of_the_dens(case):
         assert front in ((26, 27, 28) if wide else (23, 24, 25, 26))
 
 
+def test_a_dens_is_narrow_a_body_is_not():
+    """Side to side through its centre the dens is about 10 mm of bone between darker gaps
+    (C1's lateral masses beyond them); a cervical body, whose anterior osteophyte can mimic
+    the arch in front of it, is 15-20 mm.  Dark marrow inside either does not end the walk."""
+    from spine_idc.segment.classical.dens import MAX_DENS_WIDTH_MM, _width
+
+    mass, gap, soft = (650, 10), (60, 3), (45, 15)
+    dens = _midline([soft, mass, gap, (600, 2), (200, 6), (600, 2), gap, mass, soft])
+    body = _midline([soft, (600, 2), (220, 14), (600, 2), soft])
+    assert 9.0 <= _width(dens, 15 + 10 + 3 + 5, 1.0) <= 12.0 < MAX_DENS_WIDTH_MM
+    assert _width(body, 15 + 9, 1.0) > MAX_DENS_WIDTH_MM
+
+
 def test_cervical_spine_named_from_the_dens(backend):
     """A cervical spine CT from the skull's base (``cervical`` seed 3): no ribs, no sacrum.
     C1 has no body and stands on C2 without a disc; the dens of C2 rises into C1's ring.  C2

@@ -36,6 +36,10 @@ GAP_FRACTION = 0.7
 MIN_BONE_HU = 150.0
 #: How far (mm) in front of the canal's centre the midline is read.
 REACH_MM = 45.0
+#: The dens is 8-11 mm wide in adults; a cervical body is 15-20 mm.  A body with an anterior
+#: osteophyte split off by a thin line shows the same front-to-back pattern as the dens and
+#: its arch, but not this narrow.
+MAX_DENS_WIDTH_MM = 14.0
 #: Soft tissue in front of the arch for at least this far (mm).
 SOFT_IN_FRONT_MM = 6.0
 #: The arch must be seen over at least this length of the spine (mm): it is about 10 mm tall.
@@ -122,6 +126,27 @@ def arch_in_front(prof: np.ndarray, start: int, bone_hu: float, sp: float
     return None
 
 
+def _width(row: np.ndarray, i: int, sp: float) -> float:
+    """The width (mm) of the bone through ``row[i]``: out from ``i`` on each side to where
+    the profile first falls under :data:`GAP_FRACTION` of the brightest seen on the way (the
+    outer edge of the cortex; darker marrow inside it does not stop the walk)."""
+    row = np.nan_to_num(row, nan=-1000.0)
+    reach = int(round(MAX_DENS_WIDTH_MM / sp))
+    half = []
+    for step in (-1, 1):
+        top, p = row[i], i
+        while abs(p - i) <= reach:
+            q = p + step
+            if q < 0 or q >= len(row):
+                break
+            top = max(top, row[q])
+            if row[q] < GAP_FRACTION * top:
+                break
+            p = q
+        half.append(abs(p - i))
+    return (half[0] + half[1] + 1) * sp
+
+
 def find_dens(planes: np.ndarray, uu: np.ndarray, vv: np.ndarray, column, bodies: list[BodyRun],
               sp: float) -> Dens | None:
     """C1's anterior arch in front of C2's dens at the top of the column, or ``None``.
@@ -161,9 +186,13 @@ def find_dens(planes: np.ndarray, uu: np.ndarray, vv: np.ndarray, column, bodies
         front = column.canal_front[s]
         start = int(round(-front)) if np.isfinite(front) else mm(8.0)
         near[s] = bool((prof[: start + mm(4.0) + 1] > column.threshold).any())
-        found = arch_in_front(prof, start, max(column.threshold, MIN_BONE_HU), sp)
+        bone_hu = max(column.threshold, MIN_BONE_HU)
+        found = arch_in_front(prof, start, bone_hu, sp)
         if found is not None:
-            hits.append((s,) + found)
+            # the peg must be a dens, not a body: narrow from side to side as well
+            row = planes[s, :, v0 - int(round((found[0] + found[1]) / 2.0))]
+            if _width(row, i, sp) <= MAX_DENS_WIDTH_MM:
+                hits.append((s,) + found)
     if not hits:
         return None
     # stacks of consecutive planes (one missed plane bridged)
