@@ -301,11 +301,23 @@ def build_seg(
         omit_empty_frames=True,
     )
     pin_volatile(seg, info, algorithm, "seg", source_date_time(datasets))
+    _unsigned_slice_spacing(seg)
     log.info(
         "%s: SEG with %d segments, %d frames built in %.1f s",
         info.series_key, len(order), int(seg.NumberOfFrames), time.perf_counter() - t0,
     )
     return seg
+
+
+def _unsigned_slice_spacing(seg) -> None:
+    """Spacing Between Slices is a distance (dciodvfy: "not permitted to be negative"), but highdicom
+    copies it from the source, and some scanners write it signed along their slice order (a
+    Philips thorax in ``../shared/data/real`` has -2.0): dciodvfy rejects the SEG then."""
+    for group in seg.SharedFunctionalGroupsSequence:
+        for measures in group.get("PixelMeasuresSequence", []):
+            value = measures.get("SpacingBetweenSlices")
+            if value is not None and float(value) < 0:
+                measures.SpacingBetweenSlices = abs(float(value))
 
 
 def write_seg(

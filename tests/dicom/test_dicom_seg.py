@@ -23,6 +23,7 @@ from support.dicom_series import (  # noqa: F401 - shared with the SR tests
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 CT3 = DATA / "real" / "dcmqi_ct3" / "dicom"
 TS = DATA / "real" / "ts_t11_t12" / "dicom"
+THORAX = DATA / "real" / "elastix_thorax" / "dicom"
 ALGORITHM = AlgorithmInfo(version="0.1.0", parameters={"erosion_mm": "3.0"})
 
 
@@ -391,6 +392,22 @@ def test_real_ct3_seg(tmp_path):
     np.testing.assert_array_equal(seg_to_label_map(seg, info), lab)
     warns = assert_valid(path)
     assert all("Patient's Name" in w for w in warns), warns  # inherited from the source only
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not THORAX.is_dir(), reason=f"real test data not found at {THORAX}")
+def test_signed_slice_spacing_of_the_source_is_not_copied(tmp_path):
+    """The Philips thorax writes Spacing Between Slices as -2.0 (signed along its slice
+    order); highdicom copies it into the SEG, which dciodvfy then rejects.  The SEG says 2.0."""
+    ct, info = load_series(THORAX, pixels=False)
+    assert float(pydicom.dcmread(sorted(THORAX.iterdir())[0],
+                                 stop_before_pixels=True).SpacingBetweenSlices) < 0
+    lab = np.zeros(ct.array.shape, dtype=np.uint8)
+    lab[240:280, 200:240, 60:75] = 12  # "T5"
+    path = write_seg(Volume(lab, ct.affine), info, ALGORITHM, tmp_path / "seg.dcm")
+    measures = pydicom.dcmread(path).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SpacingBetweenSlices) == 2.0
+    assert_valid(path)
 
 
 @pytest.mark.real_data
