@@ -69,7 +69,7 @@ def _complete(work: "Work") -> list[bool]:
     margin = 2
     out = [b.start > lo + margin and b.stop < hi - margin for b in work.bodies]
     if work.atlas:  # the column ends at the dens' tip: C2 and C1 are whole
-        out[-1] = out[-2] = out[-2] or work.bodies[-2].start > lo + margin
+        out[-1] = out[-2] = work.bodies[-2].start > lo + margin
     return out
 
 
