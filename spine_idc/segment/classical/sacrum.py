@@ -16,7 +16,10 @@ backend.)  So the sacrum is named only when all of this holds:
 
 A segment with alae on both sides is still one bone (the sacral pieces the discs finder cut
 are merged into it), but without the ilia in view, or with alae on one side only (a
-sacralised L5 with one transverse process fused to the sacrum), it is not an anchor.
+sacralised L5 with one transverse process fused to the sacrum), it is not an anchor.  With
+both ilia's bands in view and empty it is not a sacrum at all: L5's transverse processes can
+be as thick as alae (8 mm to their surface in VerSe's sub-verse004), and a view that ends at
+L5 shows nothing under them.
 """
 
 from __future__ import annotations
@@ -85,6 +88,13 @@ def assess(work: "Work", full: np.ndarray, inside: np.ndarray) -> SacrumEvidence
     j, alae, bone, seen, uu = max(like, key=lambda c: c[0])
     ilium = _ilia(bone, seen, uu)
     ev = SacrumEvidence(index=j, alae_mm=(round(alae[0], 1), round(alae[1], 1)), ilium=ilium)
+    if ilium == (False, False):
+        # Both ilia in view and neither there: S1's alae always meet the ilia at the
+        # sacroiliac joints, so this is a vertebra whose transverse processes are stout (L5's
+        # are, and a view that ends at L5 shows nothing below them).
+        return SacrumEvidence(
+            reason="bone as thick as alae beside the lowest segments, but no iliac bone beyond "
+                   "it on either side: transverse processes, not a sacrum")
     if j == len(bodies) - 1:
         ev.reason = "sacrum-like bone with no vertebra above it in view: nothing to count"
     elif ilium != (True, True):
