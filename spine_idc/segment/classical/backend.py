@@ -247,7 +247,7 @@ class ClassicalBackend:
         # Two passes: the rhythm of a first evidence sets how far a disc's endplates may lie
         # from its centre in the second.
         first = disc_evidence(col.profile, sp)
-        period = local_period(first, sp, lo=lo, hi=hi)
+        period = local_period(first, sp, lo=lo, hi=hi, width=2.0 * col.half_width)
         work.disc_evidence = disc_evidence(col.profile, sp, period)
         centres = choose_discs(work.disc_evidence, sp, 2.0 * col.half_width, lo=lo, hi=hi)
         discs = refine_discs(col.profile, work.disc_evidence, centres, sp, period)
