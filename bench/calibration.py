@@ -9,6 +9,10 @@ QC_PASS_CONFIDENCE`) must lie above the most confident wrong name.
 
 Real cases and what their truth is:
 
+* ``verse004-*``: a CT painted into VerSe's manual mask of sub-verse004 (T9-L5, a wedged L1;
+  :mod:`spine_idc.phantom.verse`), in the variants of :data:`MASK_VARIANTS`: real shapes,
+  manual truth, drawn tissues;
+
 * ``ts_t11_t12``: TotalSegmentator's T11/T12 labels (model output, not manual truth);
 * ``ts_aorta_crop``: TotalSegmentator's T12 mask: the segment that covers most of it;
 * ``elastix_thorax``: no label file; the levels were counted by hand from the ribs (the view
@@ -60,6 +64,38 @@ def _phantom_case(job: tuple[str, int]) -> dict:
     names = {v.label: v.name for v in result.qc.vertebrae}
     s = score(ph.labels.array, result.labels.array, names)  # as the tests judge them
     return _summary(f"{scenario}-{seed}", s, result, secs)
+
+
+#: Variants of the CT painted into VerSe's manual mask (:mod:`spine_idc.phantom.verse`):
+#: slice spacing (mm), osteoporotic bone, a contrast-filled aorta, ribs, seed.
+MASK = REAL / "verse004_mask" / "sub-verse004_seg-vert_msk.nii.gz"
+MASK_VARIANTS = [
+    (1.0, False, True, True, 0), (2.0, False, False, False, 0), (3.0, False, False, True, 0),
+    (3.0, True, False, True, 0), (3.0, True, False, True, 1), (3.0, False, True, True, 2),
+    (3.0, True, True, True, 2), (2.0, True, True, True, 3),
+]
+
+
+def _mask_case(variant: tuple) -> dict:
+    from spine_idc.phantom.verse import MaskTissues, mask_phantom
+    from spine_idc.segment import get_backend
+    from spine_idc.volume import read_nifti
+
+    slice_mm, faint, contrast, ribs, seed = variant
+    ph = mask_phantom(read_nifti(MASK), slice_mm=slice_mm, contrast=contrast, ribs=ribs,
+                      tissues=MaskTissues.faint() if faint else None, seed=seed)
+    case = (f"verse004-{slice_mm:g}mm" + ("-faint" if faint else "")
+            + ("-contrast" if contrast else "") + ("" if ribs else "-noribs") + f"-{seed}")
+    t = time.perf_counter()
+    try:
+        result = get_backend("classical").segment(ph.ct, series_key=case)
+    except SeriesError as e:
+        return dict(case=case, visible=len(ph.names), found=0, right=[], withheld=[], wrong=[],
+                    spanning=[], mean_dice=0.0, union_dice=0.0, names=[],
+                    secs=time.perf_counter() - t, failed=str(e))
+    names = {v.label: v.name for v in result.qc.vertebrae}
+    s = score(ph.labels.array, result.labels.array, names)
+    return _summary(case, s, result, time.perf_counter() - t)
 
 
 def _summary(case: str, s, result, secs: float) -> dict:
@@ -157,6 +193,8 @@ def main() -> None:
     jobs += [("anchored", int(x)) for x in args.anchored.split(",") if x]
     with ProcessPoolExecutor(args.jobs) as pool:
         cases = list(pool.map(_phantom_case, jobs))
+        if not args.no_real and MASK.is_file():
+            cases += list(pool.map(_mask_case, MASK_VARIANTS))
     if not args.no_real:
         cases += _real_cases()
     print(f"{'case':26s} {'found':>7s} {'right':>5s} {'held':>5s} {'wrong':>5s} {'Dice':>6s} "
