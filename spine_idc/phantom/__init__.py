@@ -14,8 +14,8 @@ ascending) and the patient position is realised as flips of that raster, so that
 
 The rooms: :mod:`.spec` (what a phantom is), :mod:`.anatomy` (the spine and its parts as
 signed distance functions), :mod:`.raster` (tissues, blur, noise: the CT), :mod:`.scenarios`
-(specs from seeds, the hard scenarios) and :mod:`.dicom` (the series and ground truth as
-files).  A development aid: the pipeline imports it only for the ``phantom`` source.
+(specs from seeds, the hard scenarios), :mod:`.dicom` (the series and ground truth as
+files) and :mod:`.verse` (a CT painted into a manual VerSe mask: real shapes, manual truth).  A development aid: the pipeline imports it only for the ``phantom`` source.
 """
 
 from .dicom import phantom_uids, write_dicom_series, write_phantom

@@ -22,6 +22,7 @@ import dataclasses
 import math
 
 import numpy as np
+from scipy import ndimage
 
 from .. import coding
 from ..volume import LPS_TO_RAS, Volume
@@ -69,8 +70,6 @@ class MaskPhantom:
 def _resample_labels(mask: Volume, values: list[int], grid_lps: np.ndarray, shape):
     """Each label of ``mask`` on the canonical ``[z, y, x]`` grid: the winning label and its
     partial-volume fraction (the label's linearly interpolated indicator)."""
-    from scipy import ndimage
-
     to_index = np.linalg.inv(mask.affine)
     best = np.zeros(shape, np.float32)
     lab = np.zeros(shape, np.int16)
@@ -111,15 +110,12 @@ def _smooth_track(z_has: np.ndarray, values: np.ndarray, nz: int) -> np.ndarray:
     """A per-plane quantity known on some planes, interpolated and held at the ends."""
     zs = np.flatnonzero(z_has)
     out = np.interp(np.arange(nz), zs, values[zs])
-    from scipy import ndimage
     return ndimage.uniform_filter1d(out, 9, mode="nearest")
 
 
 def _canal_track(bone: np.ndarray, ps: float):
     """Centre of the vertebral foramen on each plane: the hole the arch closes around, where it
     does; interpolated across the discs."""
-    from scipy import ndimage
-
     nz = bone.shape[0]
     cy, cx, has = np.zeros(nz), np.zeros(nz), np.zeros(nz, bool)
     for k in range(nz):
@@ -144,8 +140,6 @@ def _discs(lab: np.ndarray, order: list[int], canal_y: np.ndarray, ss: float, ps
     """Disc voxels between each pair of neighbouring bodies: in every column where both
     bodies have bone, the gap between the upper body's lowest and the lower body's highest
     voxel (so the real endplates' tilt and shape carry over)."""
-    from scipy import ndimage
-
     nz = lab.shape[0]
     disc = np.zeros(lab.shape, bool)
     front = (np.arange(lab.shape[1])[None, :] < (canal_y[:, None] - 7.0 / ps))[:, :, None]
@@ -198,8 +192,6 @@ def mask_phantom(mask: Volume, *, slice_mm: float = 1.0, pixel_mm: float = 0.8,
     front); ``ribs`` draws a pair of ribs at every thoracic level of the mask (T12's and T11's
     short, as floating ribs are); ``tissues.faint()`` draws osteoporotic bone.
     """
-    from scipy import ndimage
-
     tis = tissues or MaskTissues()
     rng = np.random.default_rng(seed)
     values = sorted(int(v) for v in np.unique(np.asarray(mask.array)) if int(v) in VERSE_NAMES)

@@ -6,18 +6,20 @@ into it (:mod:`spine_idc.phantom.verse` says what is real and what is drawn).  T
 ground truth, so unlike the TotalSegmentator references these Dice figures are against manual
 labels.  Measured when written (2026-12-06), per level Dice and names:
 
-========================  =====  ==========  =========  ======
-variant                    found  names       mean Dice  union
-========================  =====  ==========  =========  ======
-1 mm, contrast aorta       9/9    9 right     0.879      0.939
-2 mm, no ribs              9/9    9 withheld  --         --
-3 mm                       9/9    9 right     0.854      0.918
-3 mm, osteoporotic bone    9/9    9 right     0.826      0.900
-========================  =====  ==========  =========  ======
+=============================  =====  ==========  =========  ======
+variant                         found  names       mean Dice  union
+=============================  =====  ==========  =========  ======
+1 mm, contrast aorta            9/9    9 right     0.879      0.939
+2 mm, no ribs                   9/9    9 withheld  0.878      0.937
+3 mm                            9/9    9 right     0.854      0.918
+3 mm, osteoporotic bone         9/9    9 right     0.826      0.900
+3 mm, osteoporotic, contrast    9/9    9 withheld  0.809      0.888
+=============================  =====  ==========  =========  ======
 
-Before the two fixes these tests came with, the 3 mm scans split L1 and L2 (the rhythm of the
-discs was taken at 11 mm) and every view was left unnamed (L5's stout transverse processes
-passed for a sacrum's alae).  The tests skip where the shared data folder is missing.
+Before the three fixes these tests came with, the 3 mm scans split L1 and L2 (the rhythm of
+the discs was taken at 11 mm), every view was left unnamed (L5's stout transverse processes
+passed for a sacrum's alae), and with osteoporotic bone and a contrast-filled aorta the aorta
+was taken for the column (one segment on it, no vertebra found).  The tests skip where the shared data folder is missing.
 """
 
 from __future__ import annotations
@@ -100,13 +102,18 @@ def test_real_shapes_at_1mm_with_a_contrast_aorta_are_found_and_named(mask, back
     assert "sacrum" not in {lv.name for lv in result.qc.vertebrae}
 
 
-@pytest.mark.parametrize("faint", [False, True], ids=["3mm", "3mm-osteoporotic"])
-def test_real_shapes_at_3mm_every_body_its_own_segment(mask, backend, faint):
+@pytest.mark.parametrize("faint,contrast,seed", [(False, False, 0), (True, False, 0), (True, True, 2)],
+                         ids=["3mm", "3mm-osteoporotic", "3mm-osteoporotic-contrast"])
+def test_real_shapes_at_3mm_every_body_its_own_segment(mask, backend, faint, contrast, seed):
+    """On 3 mm slices every body is its own segment and no name is wrong.  With osteoporotic
+    bone and a contrast-filled aorta against the bodies (seed 2), the dark gap behind the aorta
+    once passed for the canal and the aorta for the column (one segment on it, nothing else):
+    a column without discs is now no spine, and the second look finds the real canal."""
     from spine_idc.phantom.verse import MaskTissues
 
-    ph, result, s = _run(mask, backend, slice_mm=3.0,
+    ph, result, s = _run(mask, backend, slice_mm=3.0, contrast=contrast, seed=seed,
                          tissues=MaskTissues.faint() if faint else None)
-    print(f"\nverse004 3 mm{' osteoporotic' if faint else ''}:", s.line())
+    print(f"\nverse004 3 mm {faint=} {contrast=} {seed=}:", s.line())
     assert not s.wrong
     assert s.found == list(LEVELS) and not s.spanning
-    assert s.mean_dice >= (0.80 if faint else 0.83)
+    assert s.mean_dice >= (0.78 if faint else 0.83) and s.union_dice >= 0.85

@@ -66,6 +66,13 @@ JOINT_HU = 250.0
 #: that of trabecular bone (about 100-300 HU in adults, higher in sclerosis but not along
 #: the whole column).  Above this the 'column' is solid cortical bone (a skull, a plate).
 MAX_MARROW_HU = 600.0
+#: A column of "bodies" with a stretch this long (mm) and this large a share of the column
+#: with no disc in it is not a spine: no vertebral body is taller than about 50 mm, so even
+#: two discs missed in a row leave stretches under 100 mm.  A contrast-filled aorta behind
+#: which the dark gap passed for a canal (on 3 mm slices through an osteoporotic spine,
+#: whose walls are faint) gave 148 mm of its 214 mm.
+MAX_DISCLESS_MM = 100.0
+MAX_DISCLESS_SHARE = 0.5
 #: The shortest canal (mm along the body axis) that counts as a spine.
 MIN_CANAL_MM = 20.0
 #: How far (mm) below the canal's lowest point the working grid reaches.
@@ -260,6 +267,13 @@ class ClassicalBackend:
         work.canal_r = float(np.nanmedian(-col.canal_front))
         work.canal_hw = float(np.nanmedian(col.canal_half_width))
         work.bodies = bodies_between(work.found_discs, lo, hi, work.planes, sp, col.threshold)
+        longest = max((b.stop - b.start for b in work.bodies), default=0) * sp
+        if longest > MAX_DISCLESS_MM and longest > MAX_DISCLESS_SHARE * (hi - lo + 1) * sp:
+            raise SegmentationError(
+                series_key, "no-spine", f"the column in front of the canal-like tube runs "
+                f"{longest:.0f} mm of its {(hi - lo + 1) * sp:.0f} mm without a disc: not "
+                "vertebral bodies (a vessel?)"
+            )
         work.dens = find_dens(planes, uu, vv, col, work.bodies, sp)
         if work.dens is not None:
             _top_at_dens(work)
