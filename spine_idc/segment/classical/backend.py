@@ -73,6 +73,9 @@ MAX_MARROW_HU = 600.0
 #: whose walls are faint) gave 148 mm of its 214 mm.
 MAX_DISCLESS_MM = 100.0
 MAX_DISCLESS_SHARE = 0.5
+#: The same for the lowest stretch, which may be the sacrum and coccyx (100-130 mm) not yet
+#: cut at its fused discs.
+MAX_SACRUM_RUN_MM = 140.0
 #: The shortest canal (mm along the body axis) that counts as a spine.
 MIN_CANAL_MM = 20.0
 #: How far (mm) below the canal's lowest point the working grid reaches.
@@ -267,12 +270,18 @@ class ClassicalBackend:
         work.canal_r = float(np.nanmedian(-col.canal_front))
         work.canal_hw = float(np.nanmedian(col.canal_half_width))
         work.bodies = bodies_between(work.found_discs, lo, hi, work.planes, sp, col.threshold)
-        longest = max((b.stop - b.start for b in work.bodies), default=0) * sp
-        if longest > MAX_DISCLESS_MM and longest > MAX_DISCLESS_SHARE * (hi - lo + 1) * sp:
+        # The lowest run may be a sacrum not yet cut at its fused discs (100-120 mm with the
+        # coccyx, more than half of a pelvic scan's column): it has a longer allowance.
+        column_mm = (hi - lo + 1) * sp
+        runs = [(b.stop - b.start) * sp for b in work.bodies]
+        limits = [MAX_SACRUM_RUN_MM] + [MAX_DISCLESS_MM] * (len(runs) - 1)
+        over = [r for r, lim in zip(runs, limits)
+                if r > lim and r > MAX_DISCLESS_SHARE * column_mm]
+        if over:
             raise SegmentationError(
                 series_key, "no-spine", f"the column in front of the canal-like tube runs "
-                f"{longest:.0f} mm of its {(hi - lo + 1) * sp:.0f} mm without a disc: not "
-                "vertebral bodies (a vessel?)"
+                f"{max(over):.0f} mm of its {column_mm:.0f} mm without a disc: not vertebral "
+                "bodies (a vessel?)"
             )
         work.dens = find_dens(planes, uu, vv, col, work.bodies, sp)
         if work.dens is not None:
