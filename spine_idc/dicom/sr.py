@@ -46,7 +46,7 @@ from .identity import (
     save_dataset,
     tracking_uid,
 )
-from ..measure import VertebraMeasurement
+from ..measure import VertebraMeasurement, sr_items
 from ..volume import SeriesInfo
 
 log = logging.getLogger(__name__)
@@ -56,33 +56,6 @@ SR_SERIES_NUMBER = 902
 
 def _yes_no(flag: bool):
     return coding.YES if flag else coding.NO
-
-
-def _measurements(m: VertebraMeasurement, site) -> list:
-    import highdicom as hd
-
-    out = [hd.sr.Measurement(name=coding.VOLUME, value=m.volume_ml * 1000.0,
-                             unit=coding.UNIT_MM3)]
-    for value, derivation in ((m.trabecular_mean_hu, coding.MEAN),
-                              (m.trabecular_median_hu, coding.MEDIAN)):
-        if value is not None:
-            out.append(hd.sr.Measurement(
-                name=coding.ATTENUATION_COEFFICIENT, value=value, unit=coding.UNIT_HU,
-                derivation=derivation, method=coding.TRABECULAR_CORE,
-            ))
-    for value, modifier in ((m.body_height_anterior_mm, coding.ANTERIOR),
-                            (m.body_height_middle_mm, coding.CENTRAL),
-                            (m.body_height_posterior_mm, coding.POSTERIOR)):
-        if value is not None:
-            out.append(hd.sr.Measurement(
-                name=coding.VERTEBRAL_BODY_HEIGHT, value=value, unit=coding.UNIT_MM,
-                finding_sites=[hd.sr.FindingSite(site, topographical_modifier=modifier)],
-            ))
-    if m.height_ratio is not None:
-        out.append(hd.sr.Measurement(
-            name=coding.BODY_HEIGHT_RATIO, value=m.height_ratio, unit=coding.UNIT_RATIO,
-        ))
-    return out
 
 
 def _segment_numbers(seg: Dataset) -> dict[str, int]:
@@ -175,7 +148,7 @@ def build_sr(
                 finding_type=coding.VERTEBRA_GENERIC if level.is_vertebra else level.code,
                 finding_sites=[hd.sr.FindingSite(site)],
                 algorithm_id=algorithm_id,
-                measurements=_measurements(m, site),
+                measurements=sr_items(m, site),
                 qualitative_evaluations=evaluations,
             )
         )

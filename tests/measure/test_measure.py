@@ -173,3 +173,22 @@ def test_missing_body_and_grid_mismatch():
     other[0, 3] += 5
     with pytest.raises(ValueError, match="one voxel grid"):
         measure_vertebrae(Volume(ct, affine), Volume(labels, other), Volume(labels, affine))
+
+
+def test_the_record_is_the_registry_of_quantities():
+    """Each quantity module adds its fields in registry order; the record's fields are those
+    the measure JSON and the cohort table have always had."""
+    import dataclasses
+
+    from spine_idc.measure import MEASUREMENTS, VertebraMeasurement
+
+    names = [f.name for f in dataclasses.fields(VertebraMeasurement)]
+    assert names == ["level", "label_value"] + [f[0] for q in MEASUREMENTS for f in q.FIELDS]
+    assert names == [
+        "level", "label_value", "voxel_count", "volume_ml", "trabecular_mean_hu",
+        "trabecular_median_hu", "trabecular_voxels", "centroid_lps_mm",
+        "body_height_anterior_mm", "body_height_middle_mm", "body_height_posterior_mm",
+        "height_ratio", "touches_border",
+    ]
+    for q in MEASUREMENTS:
+        assert callable(q.measure) and callable(q.sr_items) and q.__doc__
