@@ -15,6 +15,8 @@ from .. import coding, layout
 from ..atomic import atomic_path
 from ..errors import SpineIdcError
 from ..manifest import read_manifest
+from ..measure import table_columns, table_row
+from .records import Measured, Published
 from .stages import series_failure
 
 log = logging.getLogger(__name__)
@@ -28,13 +30,10 @@ FAILURE_FIELDS = ["stage", "reason", "message", "hint", "path"]
 FAILURE_COLUMNS = ID_COLUMNS + FAILURE_FIELDS
 
 
-MEASUREMENT_COLUMNS = ID_COLUMNS + [
-    "level", "label_value", "voxel_count", "volume_ml", "trabecular_mean_hu", "trabecular_median_hu",
-    "trabecular_voxels", "body_height_anterior_mm", "body_height_middle_mm",
-    "body_height_posterior_mm", "height_ratio", "touches_border", "centroid_x_mm",
-    "centroid_y_mm", "centroid_z_mm", "identified", "qc_flags", "name_confidence", "qc_pass",
-    "seg_path", "sr_path",
-    "viewer_url",
+#: The identity columns, the measurements' (from :mod:`spine_idc.measure`'s registry), then
+#: QC and where the results are.
+MEASUREMENT_COLUMNS = ID_COLUMNS + table_columns() + [
+    "identified", "qc_flags", "name_confidence", "qc_pass", "seg_path", "sr_path", "viewer_url",
 ]
 
 
@@ -66,10 +65,10 @@ def _name_confidence(qc: dict, label_value: int) -> float:
     return float(qc.get("confidence", 0.0) or 0.0)
 
 
-def _published(key: str, root) -> dict:
-    """The publish record of a series (``{}`` when results are not published)."""
+def _published(key: str, root) -> Published | None:
+    """The publish record of a series (``None`` when results are not published)."""
     record = layout.path("publish", key, root)
-    return json.loads(record.read_text()) if record.exists() else {}
+    return Published.read(record) if record.exists() else None
 
 
 def _one_line(value) -> str:
@@ -97,35 +96,32 @@ def gather(manifest: str | Path, root: str | Path = ".") -> tuple[list[dict], li
             failures.append({**ids, **{k: _one_line(getattr(failure, k)) for k in FAILURE_FIELDS}})
             continue
         published = _published(key, root)
-        if published.get("failure"):  # measured, but the store refused or stayed unreachable
-            failures.append({**ids, **{k: _one_line(published["failure"].get(k, ""))
+        if published is not None and published.failure is not None:
+            # measured, but the store refused or stayed unreachable
+            failures.append({**ids, **{k: _one_line(getattr(published.failure, k))
                                        for k in FAILURE_FIELDS}})
         measured = layout.path("measure", key, root)
         if not measured.exists():
             raise SpineIdcError(f"series {key} has neither measurements nor a failure record ({measured})")
-        record = json.loads(measured.read_text())
-        qc = record.get("qc", {})
-        ids["series_instance_uid"] = record.get("series_instance_uid") or ids["series_instance_uid"]
-        ids["study_instance_uid"] = record.get("study_instance_uid") or ids["study_instance_uid"]
-        for m in record["measurements"]:
-            flags = _vertebra_flags(qc, int(m["label_value"]))
-            confidence = _name_confidence(qc, int(m["label_value"]))
-            cx, cy, cz = m.pop("centroid_lps_mm")
+        record = Measured.read(measured)
+        qc = record.qc
+        ids["series_instance_uid"] = record.series_instance_uid or ids["series_instance_uid"]
+        ids["study_instance_uid"] = record.study_instance_uid or ids["study_instance_uid"]
+        for m in record.measurements:
+            flags = _vertebra_flags(qc, m.label_value)
+            confidence = _name_confidence(qc, m.label_value)
             rows.append(
                 {
                     **ids,
-                    **m,
-                    "centroid_x_mm": cx,
-                    "centroid_y_mm": cy,
-                    "centroid_z_mm": cz,
-                    "identified": not coding.is_unidentified(int(m["label_value"])),
+                    **table_row(m),
+                    "identified": not coding.is_unidentified(m.label_value),
                     "qc_flags": ";".join(flags),
                     "name_confidence": round(confidence, 3),
-                    "qc_pass": (not flags and not m.get("touches_border", False)
+                    "qc_pass": (not flags and not m.touches_border
                                 and confidence >= QC_PASS_CONFIDENCE),
                     "seg_path": str(layout.path("seg", key)),
                     "sr_path": str(layout.path("sr", key)),
-                    "viewer_url": published.get("viewer_url", ""),
+                    "viewer_url": published.viewer_url if published is not None else "",
                 }
             )
     return rows, failures

@@ -14,10 +14,11 @@ import logging
 from pathlib import Path
 
 from .. import layout
-from ..atomic import atomic_dir, write_text
+from ..atomic import atomic_dir
 from ..config import MeasureConfig, SegmentConfig
 from ..errors import ConfigError, SeriesError, SpineIdcError, raise_if_machine_fault
 from ..outcome import Failure, read_failure, write_failure
+from .records import Finished, Measured, Published
 
 log = logging.getLogger(__name__)
 
@@ -171,16 +172,11 @@ def measure(converted: Path, segmented: Path, options: MeasureConfig, out: Path)
         axis_lps=axes or None,
         erosion_mm=options.erosion_mm,
     )
-    record = {
-        "series_key": info.series_key,
-        "series_instance_uid": info.series_instance_uid,
-        "study_instance_uid": info.study_instance_uid,
-        "patient_id": info.patient_id,
-        "measurements": [dataclasses.asdict(m) for m in results],
-        "measure_options": dataclasses.asdict(options),
-        "qc": qc,
-    }
-    write_text(out, json.dumps(record, indent=2))
+    Measured(
+        series_key=info.series_key, series_instance_uid=info.series_instance_uid,
+        study_instance_uid=info.study_instance_uid, patient_id=info.patient_id,
+        measurements=tuple(results), measure_options=dataclasses.asdict(options), qc=qc,
+    ).write(out)
 
 
 def finish_series(converted: Path, segmented: Path, measure_options: MeasureConfig,
@@ -213,10 +209,7 @@ def finish_series(converted: Path, segmented: Path, measure_options: MeasureConf
                 hint="see the job log for the traceback; please report it"))
         if failure is not None:
             break
-    record = {"series_key": series_key, "status": "ok"}
-    if failure is not None:
-        record = {"series_key": series_key, "status": "failed", "failure": dataclasses.asdict(failure)}
-    write_text(layout.path("finish", series_key), json.dumps(record, indent=2))
+    Finished(series_key, failure).write(layout.path("finish", series_key))
     return failure
 
 
@@ -226,11 +219,7 @@ def series_failure(series_key: str, root: Path | str = ".") -> Failure | None:
     if failure is not None:
         return failure
     record = layout.path("finish", series_key, root)
-    if record.exists():
-        data = json.loads(record.read_text())
-        if data.get("failure"):
-            return Failure(**data["failure"])
-    return None
+    return Finished.read(record).failure if record.exists() else None
 
 
 def _algorithm(qc: dict, measure_options: dict | None = None):
@@ -256,15 +245,13 @@ def write_sr(converted: Path, measurements: Path, seg: Path, out: Path) -> None:
     import pydicom
 
     from ..dicom import write_sr as _write_sr
-    from ..measure import VertebraMeasurement
     from ..volume import SeriesInfo
 
     info = SeriesInfo.read(converted / layout.SERIES_INFO)
-    record = json.loads(Path(measurements).read_text())
-    results = [VertebraMeasurement(**_tuples(m)) for m in record["measurements"]]
+    record = Measured.read(measurements)
     seg_ds = pydicom.dcmread(seg, stop_before_pixels=True)
-    _write_sr(results, seg_ds, info, _algorithm(record["qc"], record.get("measure_options")), out,
-              qc=series_qc(record["qc"]))
+    _write_sr(list(record.measurements), seg_ds, info,
+              _algorithm(record.qc, record.measure_options), out, qc=series_qc(record.qc))
 
 
 def series_qc(qc: dict) -> dict[str, bool]:
@@ -276,10 +263,6 @@ def series_qc(qc: dict) -> dict[str, bool]:
     named = [i for i in named if i >= 0]
     contiguous = bool(named) and named == list(range(named[0], named[0] + len(named)))
     return {"spine_found": bool(qc.get("levels")), "labels_contiguous": contiguous}
-
-
-def _tuples(m: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}
 
 
 def publish(converted: Path, seg: Path, sr: Path, series_key: str, options, out: Path,
@@ -298,15 +281,18 @@ def publish(converted: Path, seg: Path, sr: Path, series_key: str, options, out:
         raise ConfigError("publish.to is dicomweb but publish.url is empty",
                           hint="--config publish={'to': 'dicomweb', 'url': 'http://host:8042/dicom-web'}")
     sources = SeriesInfo.read(converted / layout.SERIES_INFO).files if options.include_source else ()
-    record: dict = {"series_key": series_key, "store": options.url, "attempt": attempt}
+    record = Published(series_key, store=options.url, attempt=attempt)
     failure = None
     try:
         result = publish_series(seg, sr, url=options.url, auth=options.auth, replace=options.replace,
                                 retries=options.tool_retries, backoff_s=options.backoff_s,
                                 timeout_s=options.timeout_s, template=options.viewer_template,
                                 source_files=sources, series_key=series_key)
-        record.update(store=result.store, viewer_url=result.viewer_url, seconds=round(result.seconds, 3),
-                      instances=[{**dataclasses.asdict(i), "status": str(i.status)} for i in result.instances])
+        record = dataclasses.replace(
+            record, store=result.store, viewer_url=result.viewer_url,
+            seconds=round(result.seconds, 3),
+            instances=tuple({**dataclasses.asdict(i), "status": str(i.status)}
+                            for i in result.instances))
     except SeriesError as err:
         raise_if_machine_fault(err, series_key, "publish")
         log.error("publish failed: %s", err)
@@ -320,7 +306,5 @@ def publish(converted: Path, seg: Path, sr: Path, series_key: str, options, out:
             hint=err.hint or "check the store, then delete this record (without a shared filesystem: "
                              "the shard's work/packs/publish/<shard>.tar in the bucket) and run again"))
         log.error("%s", failure.message)
-    if failure is not None:
-        record["failure"] = dataclasses.asdict(failure)
-    write_text(out, json.dumps(record, indent=2))
+    dataclasses.replace(record, failure=failure).write(out)
     return failure
