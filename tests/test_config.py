@@ -283,3 +283,14 @@ def test_segment_stamps_hash_the_same_record_as_before():
     assert set(stamp) == keys and stamp == validate_config({})["segment"]
     # another backend's key is at its default: changing it does not redo this backend's work
     assert SegmentConfig.from_dict({"backend": "classical", "fast": True}).stamp_dict()["fast"] is False
+
+
+def test_the_schema_offers_every_registered_source_and_no_other():
+    """``source`` in the schema and the sources' registry name the same sources: one added to
+    the registry without its schema entry (or the reverse) is a source half added."""
+    from spine_idc.config import load_schema
+    from spine_idc.sources import SOURCES
+
+    schema = load_schema("config")["properties"]
+    assert sorted(schema["source"]["enum"]) == sorted(SOURCES)
+    assert schema["source"]["default"] in SOURCES
