@@ -294,3 +294,16 @@ def test_the_schema_offers_every_registered_source_and_no_other():
     schema = load_schema("config")["properties"]
     assert sorted(schema["source"]["enum"]) == sorted(SOURCES)
     assert schema["source"]["default"] in SOURCES
+
+
+def test_the_schema_documents_what_the_measurements_read():
+    """The ``measure`` section's keys and defaults are those the quantities of
+    :mod:`spine_idc.measure` declare, and the typed section carries them."""
+    import dataclasses
+
+    from spine_idc.config import MeasureConfig, load_schema
+    from spine_idc.measure import options
+
+    section = load_schema("config")["properties"]["measure"]["properties"]
+    assert {k: v["default"] for k, v in section.items()} == options()
+    assert {f.name for f in dataclasses.fields(MeasureConfig)} == set(options())

@@ -1,8 +1,9 @@
 """Per-vertebra measurements on a CT and its label maps: a registry of quantities.
 
 Each quantity is a module of this package that declares the fields it adds to
-:class:`VertebraMeasurement` (``FIELDS``), measures them for one vertebra (``measure``) and
-says how they are coded as TID 300 measurements in the SR (``sr_items``).  The registry
+:class:`VertebraMeasurement` (``FIELDS``), measures them for one vertebra (``measure``), says how they are coded as TID 300
+measurements in the SR (``sr_items``) and, where it has any, which keys of the config's
+``measure`` section it reads (``OPTIONS``).  The registry
 :data:`MEASUREMENTS` lists them in the order their fields and SR items appear.  A new
 measurement is one new module and one line here; the record, its JSON, the cohort table's
 columns and the SR follow from the registry.
@@ -56,8 +57,13 @@ VertebraMeasurement = dataclasses.make_dataclass(
 )
 
 __all__ = ["MEASUREMENTS", "MIN_TRABECULAR_VOXELS", "Vertebra", "VertebraMeasurement",
-           "body_heights", "long_axis", "measure_vertebrae", "sr_items", "table_columns",
+           "body_heights", "long_axis", "measure_vertebrae", "options", "sr_items", "table_columns",
            "table_row"]
+
+
+def options() -> dict[str, float]:
+    """The ``measure`` section's keys that the quantities read, with their defaults."""
+    return {k: v for q in MEASUREMENTS for k, v in getattr(q, "OPTIONS", {}).items()}
 
 
 def table_columns() -> list[str]:

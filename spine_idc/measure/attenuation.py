@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 #: Fewer trabecular-core voxels than this and the HU statistics are reported as missing.
 MIN_TRABECULAR_VOXELS = 20
 
+#: The ``measure`` section's keys this quantity reads, with their defaults (the schema
+#: documents them for users; a test checks that the two agree).
+OPTIONS = {"erosion_mm": 3.0}
+
 FIELDS = [("trabecular_mean_hu", float | None), ("trabecular_median_hu", float | None),
           ("trabecular_voxels", int)]
 
