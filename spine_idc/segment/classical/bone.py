@@ -18,6 +18,9 @@ from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
+#: HU of soft tissue (muscle, disc annulus) against which the bone thresholds are set (here,
+#: the lowest of the steps that use it; :mod:`.column` uses it too).
+SOFT_HU = 40.0
 #: How many voxel layers below the surface threshold may be peeled from the outside, by
 #: default: a sharp cortex blurred by the scanner leaves a skirt two to three voxels wide.
 PEEL_LAYERS = 3
@@ -174,8 +177,6 @@ def peel_skirt(mask: np.ndarray, hu: np.ndarray, floor_hu: float, layers: int = 
     skirt is the slice profile of real bone.  Interior voxels (marrow darker than its cortex)
     are never reached: only what lies on the outside is peeled.
     """
-    from .column import SOFT_HU
-
     box = tuple(
         slice(max(0, int(ix.min()) - 3), int(ix.max()) + 4) for ix in np.nonzero(mask)
     ) if mask.any() else tuple(slice(0, 0) for _ in mask.shape)
@@ -204,8 +205,6 @@ def half_max_skirt(bone: np.ndarray, solid: np.ndarray, smooth: np.ndarray, size
     its outside counts as an outside, and the walls of holes enclosed in it do not.
     ``in_planes``: the layer and the holes are taken within the planes of axis 2 only.
     """
-    from .column import SOFT_HU
-
     if in_planes:
         filled = np.zeros_like(solid)
         for k in range(solid.shape[2]):

@@ -31,9 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from .axis import Centreline, sample_planes
-
-#: HU of soft tissue (muscle, disc annulus) against which the bone threshold is set.
-SOFT_HU = 40.0
+from .bone import SOFT_HU
 #: Half-length (mm) of the along-spine smoothing that bridges discs.
 BRIDGE_MM = 5.0
 #: Extent of the reformat: half-width and the range in front of (negative) and behind the
