@@ -275,6 +275,8 @@ def test_disc_and_canal_rows(synthetic, tmp_path):
     assert types["disc1"] == ("360499006", "Intervertebral disc")
     assert types["spinal_canal"] == ("61853006", "Vertebral canal")
     assert_valid(path)
+    # and it decodes back to the same label map, discs and canal included
+    np.testing.assert_array_equal(seg_to_label_map(hd.seg.segread(path), info), lab)
 
 
 def test_segment_descriptions_and_order(synthetic, tmp_path):

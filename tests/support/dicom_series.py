@@ -143,15 +143,21 @@ def seg_to_label_map(seg, info: SeriesInfo) -> np.ndarray:
         assert_missing_frames_are_empty=True,
     )  # (k, rows, columns) of segment numbers
     values = {int(s.SegmentNumber): _value_of(str(s.SegmentLabel)) for s in seg.SegmentSequence}
-    lut = np.zeros(max(values.values()) + 1, dtype=np.uint8)
+    lut = np.zeros(max(values) + 1, dtype=np.uint16)  # indexed by segment number
     for number, value in values.items():
         lut[number] = value
     return lut[pixels].transpose(2, 1, 0)
 
 
 def _value_of(name: str) -> int:
+    """The label value of a segment's label: a named level or disc, the canal, or a generic
+    ``vertebraN`` / ``discN``."""
     if name in coding.LEVEL_BY_NAME:
         return coding.LEVEL_BY_NAME[name].value
+    if name in coding.DISC_BY_NAME:
+        return coding.DISC_BY_NAME[name].value
+    if name.startswith("disc"):
+        return coding.DISC_UNIDENTIFIED_BASE + int(name.removeprefix("disc")) - 1
     return coding.UNIDENTIFIED_BASE + int(name.removeprefix("vertebra")) - 1
 
 
