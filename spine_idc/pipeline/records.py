@@ -35,6 +35,12 @@ class _Record:
         return cls.from_dict(json.loads(Path(path).read_text()))  # type: ignore[attr-defined]
 
 
+def _failure(data: dict[str, Any]) -> Failure | None:
+    """The ``failure`` a record holds, if any."""
+    failure = data.get("failure")
+    return Failure(**failure) if failure else None
+
+
 def _tuples(m: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}
 
@@ -94,8 +100,7 @@ class Finished(_Record):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Finished":
-        failure = data.get("failure")
-        return cls(data["series_key"], Failure(**failure) if failure else None)
+        return cls(data["series_key"], _failure(data))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,10 +128,9 @@ class Published(_Record):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Published":
-        failure = data.get("failure")
         return cls(
             series_key=data["series_key"], store=data.get("store", ""),
             attempt=int(data.get("attempt", 1)), viewer_url=data.get("viewer_url", ""),
             seconds=data.get("seconds"), instances=tuple(data.get("instances", ())),
-            failure=Failure(**failure) if failure else None,
+            failure=_failure(data),
         )
